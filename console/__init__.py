@@ -1,0 +1,1 @@
+"""The Flask + htmx web console. For now only the health endpoint lives beside it."""

@@ -1,0 +1,1 @@
+"""Everything between intake and store: parsing, threads, intake pipeline, the store."""

@@ -1,0 +1,1 @@
+"""Postdesk engine.store package."""

@@ -1,0 +1,1 @@
+"""The YAML rule language (pure: facts in, Decision out). Filled in by the rule engine issue."""
