@@ -1,0 +1,344 @@
+"""Configuration: ``postdesk.yaml`` loaded into typed settings, with located errors.
+
+Every process starts here: the CLI loads the file named by ``--config`` or ``POSTDESK_CONFIG``,
+applies the environment overrides and hands the resulting ``Settings`` to the services. A
+problem in the file is reported as ``ConfigError`` listing every problem with file, line and
+key, before anything listens (pySigma-style: collected, not raised one at a time).
+
+Drivers and accounts follow Siebel's split: a driver holds protocol defaults (smtp-inline,
+lmtp, imap-poll, outbound-relay) and an account (profile) names the drivers it uses and may
+override any of their parameters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.yamlnodes import NodeLocator, load_with_locator
+
+DEFAULT_SMTP_LISTEN = "127.0.0.1:2525"
+DEFAULT_LMTP_LISTEN = "127.0.0.1:2524"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8025"
+ENV_OVERRIDES = {
+    "POSTDESK_DATABASE_URL": ("database", "url"),
+    "POSTDESK_SMTP_LISTEN": ("gateway", "smtp_listen"),
+    "POSTDESK_LMTP_LISTEN": ("gateway", "lmtp_listen"),
+    "POSTDESK_HTTP_LISTEN": ("gateway", "http_listen"),
+}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One located problem: ``file:line: key: message``."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SecretRef(Strict):
+    """A secret taken from the environment at start-up: ``{env: NAME}``."""
+
+    env: str
+
+    def resolve(self) -> str | None:
+        return os.environ.get(self.env)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``host:port`` (``[::1]:25`` for IPv6) → (host, port); ``off`` or empty → None."""
+    value = value.strip()
+    if value.lower() in ("", "off", "none", "disabled"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ValueError(f"expected host:port or 'off', got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class DatabaseSettings(Strict):
+    url: str | None = None  # None: SQLite file under the instance directory
+    pool_size: int = Field(5, ge=1)
+    busy_timeout_ms: int = Field(10_000, ge=0)
+
+
+class TLSSettings(Strict):
+    cert: Path
+    key: Path
+
+
+class GatewaySettings(Strict):
+    smtp_listen: str = DEFAULT_SMTP_LISTEN
+    lmtp_listen: str = DEFAULT_LMTP_LISTEN
+    http_listen: str = DEFAULT_HTTP_LISTEN
+    hostname: str = "postdesk.localdomain"
+    max_message_size: int = Field(25 * 1024 * 1024, ge=1024)
+    allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    starttls: TLSSettings | None = None
+    max_batch: int = Field(64, ge=1, le=1000)
+    timeout: float = Field(300, gt=0)
+
+    @field_validator("smtp_listen", "lmtp_listen", "http_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.allowed_networks]
+
+
+class SmtpInlineDriver(Strict):
+    type: Literal["smtp-inline"]
+
+
+class LmtpDriver(Strict):
+    type: Literal["lmtp"]
+
+
+class ImapPollDriver(Strict):
+    type: Literal["imap-poll"]
+    host: str = "localhost"
+    port: int = 993
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    ca_file: Path | None = None
+    user: str | None = None
+    password: SecretRef | None = None
+    polling_interval: int = Field(60, ge=1, alias="PollingInterval")
+    processed_folder: str = "Processed"
+    retry_folder: str = "Retry"
+
+
+class OutboundRelayDriver(Strict):
+    type: Literal["outbound-relay"]
+    host: str = "localhost"
+    port: int = 25
+    tls: Literal["implicit", "starttls", "none"] = "starttls"
+    user: str | None = None
+    password: SecretRef | None = None
+    timeout: float = Field(30, gt=0)
+
+
+Driver = Annotated[
+    SmtpInlineDriver | LmtpDriver | ImapPollDriver | OutboundRelayDriver,
+    Field(discriminator="type"),
+]
+INBOUND_TYPES = ("smtp-inline", "lmtp", "imap-poll")
+
+
+class DriverUse(Strict):
+    """An account's reference to a driver, with per-account parameter overrides."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    driver: str
+
+
+class AccountSettings(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    addresses: list[str] = Field(min_length=1)
+    aliases: list[str] = []
+    from_name: str | None = None
+    reply_to: str | None = None
+    signature: str = ""
+    inbound: list[str | DriverUse] = ["smtp", "lmtp"]
+    outbound: str | DriverUse | None = None
+
+    @field_validator("addresses", "aliases")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for addr in value:
+            if addr.count("@") != 1 or addr.startswith("@") or addr.endswith("@"):
+                raise ValueError(f"{addr!r} is not an email address (local@domain)")
+        return [a.lower() for a in value]
+
+    def all_addresses(self) -> list[str]:
+        return [*self.addresses, *self.aliases]
+
+
+def _default_drivers() -> dict[str, Any]:
+    return {"smtp": SmtpInlineDriver(type="smtp-inline"), "lmtp": LmtpDriver(type="lmtp")}
+
+
+class Settings(Strict):
+    """The whole ``postdesk.yaml``; ``instance_dir`` and ``source`` are filled by the loader."""
+
+    instance_dir: Path = Path("var")
+    database: DatabaseSettings = DatabaseSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    rules: list[Path] = []
+    drivers: dict[str, Driver] = Field(default_factory=_default_drivers)
+    accounts: list[AccountSettings] = []
+    source: str = "<defaults>"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.instance_dir / 'postdesk.db').resolve()}"
+
+    def account_for(self, address: str) -> AccountSettings | None:
+        return self.address_map().get(address.lower())
+
+    def address_map(self) -> dict[str, AccountSettings]:
+        return {addr: acc for acc in self.accounts for addr in acc.all_addresses()}
+
+    def effective_driver(self, use: str | DriverUse) -> Any:
+        """The driver named by an account, with the account's overrides applied."""
+        name = use if isinstance(use, str) else use.driver
+        base = self.drivers[name]
+        overrides = {} if isinstance(use, str) else dict(use.model_extra or {})
+        return type(base).model_validate({**base.model_dump(by_alias=True), **overrides})
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load ``path`` (or ``$POSTDESK_CONFIG``), apply env overrides, validate everything."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path or environ.get("POSTDESK_CONFIG") or "postdesk.yaml")
+    try:
+        data, locator = load_with_locator(path)
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read: {exc}")]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError([ConfigProblem(str(path), line, "", f"invalid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(str(path), 1, "", "expected a mapping at the top")])
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in environ:
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section][key] = environ[var]
+    drivers = data.setdefault("drivers", {})
+    if isinstance(drivers, dict):  # the built-in inbound drivers exist unless redefined
+        drivers.setdefault("smtp", {"type": "smtp-inline"})
+        drivers.setdefault("lmtp", {"type": "lmtp"})
+    data.setdefault("instance_dir", str(path.parent.resolve()))
+    data["source"] = str(path)
+    settings = _validate(data, path, locator)
+    _check_references(settings, path, locator)
+    return _resolve_paths(settings, path.parent)
+
+
+def _validate(data: dict[str, Any], path: Path, locator: NodeLocator) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _user_loc(err["loc"])
+            problems.append(
+                ConfigProblem(str(path), locator.line_of(loc), _dotted(loc), _message(err))
+            )
+        raise ConfigError(problems) from None
+
+
+def _user_loc(loc: tuple[Any, ...]) -> list[Any]:
+    """Drop pydantic's union tags (``imap-poll``, ``str``, ``DriverUse``) from an error path."""
+    parts = list(loc)
+    if len(parts) >= 3 and parts[0] == "drivers":
+        del parts[2]
+    return [p for p in parts if p not in ("str", "DriverUse") and not str(p).startswith("union[")]
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key (check the spelling against README 'Configuration')"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _check_references(settings: Settings, path: Path, locator: NodeLocator) -> None:
+    """Cross-field checks pydantic cannot do alone: driver names, duplicate addresses."""
+    problems: list[ConfigProblem] = []
+
+    def report(loc: list[Any], message: str) -> None:
+        problems.append(ConfigProblem(str(path), locator.line_of(loc), _dotted(loc), message))
+
+    seen: dict[str, str] = {}
+    for i, acc in enumerate(settings.accounts):
+        for j, use in enumerate(acc.inbound):
+            name = use if isinstance(use, str) else use.driver
+            if name not in settings.drivers:
+                report(["accounts", i, "inbound", j], f"no driver named {name!r}")
+            elif settings.drivers[name].type not in INBOUND_TYPES:
+                report(["accounts", i, "inbound", j], f"driver {name!r} is not an inbound driver")
+            elif not isinstance(use, str):
+                _check_override(settings, use, ["accounts", i, "inbound", j], report)
+        if acc.outbound is not None:
+            name = acc.outbound if isinstance(acc.outbound, str) else acc.outbound.driver
+            driver = settings.drivers.get(name)
+            if driver is None or driver.type != "outbound-relay":
+                report(["accounts", i, "outbound"], f"no outbound-relay driver named {name!r}")
+        for addr in acc.all_addresses():
+            if addr in seen and seen[addr] != acc.name:
+                report(["accounts", i, "addresses"], f"{addr} already belongs to {seen[addr]}")
+            seen[addr] = acc.name
+    names = [a.name for a in settings.accounts]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            report(["accounts", i, "name"], f"duplicate account name {name!r}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_override(settings: Settings, use: DriverUse, loc: list[Any], report: Any) -> None:
+    try:
+        settings.effective_driver(use)
+    except ValidationError as exc:
+        for err in exc.errors():
+            report([*loc, *err["loc"]], _message(err))
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    update: dict[str, Any] = {
+        "instance_dir": absolute(settings.instance_dir),
+        "rules": [absolute(p) for p in settings.rules],
+    }
+    if settings.gateway.starttls:
+        tls = settings.gateway.starttls
+        tls_abs = TLSSettings(cert=absolute(tls.cert), key=absolute(tls.key))
+        update["gateway"] = settings.gateway.model_copy(update={"starttls": tls_abs})
+    return settings.model_copy(update=update)
