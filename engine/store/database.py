@@ -1,0 +1,114 @@
+"""Database setup: engines for sync and async code, SQLite pragmas, Alembic upgrades.
+
+Users write one URL (``sqlite:///path`` or ``postgresql://...``); this module picks the driver
+for each side: pysqlite / psycopg 3 for sync code (console, CLI, the gateway's writer thread)
+and aiosqlite / asyncpg for async code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def driver_url(url: str, *, async_: bool) -> str:
+    """Rewrite ``url`` to the driver Postdesk uses for sync or async code."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    table = ASYNC_DRIVERS if async_ else SYNC_DRIVERS
+    if backend not in table:
+        raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+    return parsed.set(drivername=table[backend]).render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling defeats SAVEPOINT and BEGIN IMMEDIATE;
+        # SQLAlchemy's documented recipe: turn it off and emit BEGIN ourselves.
+        if hasattr(dbapi_conn, "isolation_level"):
+            dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a 250 must survive power loss, not just a crash
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) -> Engine:
+    """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs."""
+    sync_url = driver_url(url, async_=False)
+    if make_url(sync_url).get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(sync_url)
+        engine = create_engine(sync_url, connect_args={"timeout": busy_timeout_ms / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        # IMMEDIATE: take the write lock up front so two writers queue on busy_timeout
+        # instead of failing with "database is locked" when a reader upgrades.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+    return create_engine(sync_url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) -> AsyncEngine:
+    """An async engine (aiosqlite / asyncpg) over the same schema."""
+    async_url = driver_url(url, async_=True)
+    if make_url(async_url).get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(async_url)
+        engine = create_async_engine(async_url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
+        event.listen(
+            engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
+        )
+        return engine
+    return create_async_engine(async_url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def async_session_factory(engine: AsyncEngine) -> async_sessionmaker[Any]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config pointing at our migrations, for ``postdesk db upgrade`` and tests."""
+    from alembic.config import Config
+
+    here = Path(__file__).parent
+    cfg = Config()
+    cfg.set_main_option("script_location", str(here / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", driver_url(url, async_=False).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision`` (creating it when new)."""
+    from alembic import command
+
+    if make_url(url).get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(driver_url(url, async_=False))
+    command.upgrade(alembic_config(url), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

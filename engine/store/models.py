@@ -1,0 +1,275 @@
+"""The message store's tables (SQLAlchemy 2 declarative), shared by async and sync code.
+
+The store knows no pipeline: it holds accounts, messages (raw MIME byte-exact plus parsed
+columns and state), content-addressed attachments, threads and the references that bind
+them, interaction history, users/groups and the outbox. Alembic owns the schema
+(``engine/store/migrations``); a test checks that the migrations match these models.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so Alembic migrations are portable between SQLite and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every engine (SQLite keeps no offset by itself)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class MessageState(enum.StrEnum):
+    """Seeded message states: active ones wait for work, settled ones are done."""
+
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    DRAFT = "draft"
+    RESOLVED = "resolved"
+    SENT = "sent"
+    DELETED = "deleted"
+    REDIRECTED = "redirected"
+    AUTO_REPLIED = "auto_replied"
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE_STATES
+
+
+ACTIVE_STATES = frozenset({MessageState.QUEUED, MessageState.ASSIGNED, MessageState.DRAFT})
+SETTLED_STATES = frozenset(set(MessageState) - ACTIVE_STATES)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    from_name: Mapped[str | None] = mapped_column(String(200))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    signature: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Thread(Base):
+    __tablename__ = "threads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    subject_key: Mapped[str] = mapped_column(String(255), default="", index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_message_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ThreadRef(Base):
+    """A Message-ID known to belong to a thread: its own messages' ids and every id they cite.
+
+    Keeping cited ids too lets two replies to a message we never received still meet (JWZ).
+    """
+
+    __tablename__ = "thread_refs"
+
+    ref: Mapped[str] = mapped_column(String(998), primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"), index=True)
+
+
+class ThreadParticipant(Base):
+    __tablename__ = "thread_participants"
+
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), primary_key=True, index=True)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_queue", "account_id", "state", "received_at"),
+        Index("ix_messages_class_queue", "account_id", "classification", "state", "received_at"),
+        Index("ix_messages_state_received", "state", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # sha256(Message-ID, body hash): the same mail delivered again maps to the same row
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    message_id_header: Mapped[str] = mapped_column(String(998), index=True)
+    direction: Mapped[str] = mapped_column(String(10), default="inbound")
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    thread_reason: Mapped[str | None] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(20), default=MessageState.QUEUED.value)
+    classification: Mapped[str | None] = mapped_column(String(100))
+    assigned_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))
+    needs_attention: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    from_addr: Mapped[str] = mapped_column(String(320), default="", index=True)
+    from_name: Mapped[str] = mapped_column(String(320), default="")
+    to_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    cc_addrs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    date: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    charset: Mapped[str | None] = mapped_column(String(40))
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str | None] = mapped_column(Text)
+    envelope_from: Mapped[str] = mapped_column(String(998), default="")
+    received_header: Mapped[str] = mapped_column(Text, default="")
+    defects: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # the Local Message Store: exactly the bytes the client sent
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class MessageAccount(Base):
+    """Every account a message was addressed to (one mail to two support addresses)."""
+
+    __tablename__ = "message_accounts"
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(998), default="")
+
+
+class Blob(Base):
+    """Attachment content, stored once however many messages carry it."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
+    filename: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(255))
+    disposition: Mapped[str] = mapped_column(String(20))
+    content_id: Mapped[str | None] = mapped_column(String(998))
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class History(Base):
+    """Interaction history: one row per thing a person or the machine did."""
+
+    __tablename__ = "history"
+    __table_args__ = (Index("ix_history_message_created", "message_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
+    action: Mapped[str] = mapped_column(String(40))
+    resource: Mapped[str] = mapped_column(String(100), default="system")
+    reason_code: Mapped[str | None] = mapped_column(String(60))
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class UserGroup(Base):
+    __tablename__ = "user_groups"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), primary_key=True)
+
+
+class OutboxState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    HELD = "held"
+
+
+class Outbox(Base):
+    """Mail the system will send; rows are written in the transaction that caused them."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cause_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(30))
+    state: Mapped[str] = mapped_column(String(20), default=OutboxState.PENDING.value)
+    mail_from: Mapped[str] = mapped_column(String(998), default="")
+    rcpt_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    message_id_header: Mapped[str] = mapped_column(String(998))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
