@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs the Debian packages Postdesk's setup or tests need, when missing (root only).
+#   system-deps.sh venv        python3-venv, for a Python without the venv module
+#   system-deps.sh test PY     postfix and swaks (test peers) and CPython's test corpus for PY
+set -eu
+what=$1
+missing=""
+case "$what" in
+  venv) missing="python3-venv" ;;
+  test)
+    command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
+    [ -x /usr/sbin/postfix ] || missing="$missing postfix"
+    if ! "$2" -c "import test.test_email" 2>/dev/null; then
+      ver=$("$2" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+      missing="$missing libpython$ver-testsuite"
+    fi ;;
+esac
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: please install:$missing (tests needing them will fail)" >&2
+  exit 0
+fi
+echo "system-deps: apt-get install$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,53 @@
+"""Accounts: the support mailboxes from ``postdesk.yaml``, mirrored into the store.
+
+The gateway asks ``AccountDirectory.lookup`` at RCPT time; the directory is rebuilt from the
+configuration at start-up (``sync_accounts``), so the database always knows every account a
+message can reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from engine.config import Settings
+from engine.store.models import Account
+
+
+@dataclass(frozen=True)
+class AccountDirectory:
+    """Recipient address (lower case) → account id, with plus-addressing understood."""
+
+    by_address: dict[str, int]
+    names: dict[int, str]
+
+    def lookup(self, address: str) -> int | None:
+        """The account owning ``address``; ``support+tag@x`` falls back to ``support@x``."""
+        addr = address.strip().strip("<>").lower()
+        if addr in self.by_address:
+            return self.by_address[addr]
+        local, at, domain = addr.rpartition("@")
+        if at and "+" in local:
+            return self.by_address.get(f"{local.split('+', 1)[0]}@{domain}")
+        return None
+
+
+def sync_accounts(engine: Engine, settings: Settings) -> AccountDirectory:
+    """Insert or update every configured account; returns the directory for the gateway."""
+    with engine.begin() as conn:
+        existing = {row.name: row.id for row in conn.execute(select(Account.id, Account.name))}
+        for acc in settings.accounts:
+            values = {
+                "addresses": acc.all_addresses(), "from_name": acc.from_name,
+                "reply_to": acc.reply_to, "signature": acc.signature, "active": True,
+            }
+            if acc.name in existing:
+                conn.execute(Account.__table__.update().where(Account.id == existing[acc.name]),
+                             values)
+            else:
+                result = conn.execute(Account.__table__.insert(), {"name": acc.name, **values})
+                existing[acc.name] = result.inserted_primary_key[0]
+    by_address = {addr: existing[acc.name] for acc in settings.accounts
+                  for addr in acc.all_addresses()}
+    return AccountDirectory(by_address, {existing[a.name]: a.name for a in settings.accounts})

@@ -1,0 +1,205 @@
+"""The inline SMTP and LMTP front end (aiosmtpd), milter-style.
+
+An MTA relays support mail here. RCPT is checked against the configured accounts; DATA runs
+``engine.intake`` inside the transaction and answers 250 only after the message is committed.
+LMTP answers once per recipient (RFC 2033). Every reply we write is one of the constants
+below, with RFC 3463 enhanced status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import ssl
+import weakref
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from engine.accounts import AccountDirectory
+from engine.intake import Envelope as IntakeEnvelope
+from engine.intake import Intake, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+OK_RCPT = "250 2.1.5 Recipient ok"
+OK_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+NO_SUCH_USER = "550 5.1.1 <{address}>: no support account here for this address"
+TOO_BIG = "552 5.3.4 Message exceeds the size limit of {limit} bytes"
+NOT_ALLOWED = "554 5.7.1 Your network is not allowed to deliver here"
+TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, please retry"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry"
+
+# aiosmtpd writes a few fixed replies itself; we give them enhanced status codes.
+_AIOSMTPD_REPLIES = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+}
+
+
+@dataclass
+class GatewayStats:
+    """Counters for /healthz and the logs."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    needs_attention: int = 0
+    rejected_recipients: int = 0
+    tempfailed: int = 0
+    refused_clients: int = 0
+    in_flight: int = 0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class IntakeHandler:
+    """aiosmtpd handler: recipients → accounts, DATA → ``Intake.receive``."""
+
+    def __init__(self, intake: Intake, directory: AccountDirectory, hostname: str,
+                 stats: GatewayStats, *, lmtp: bool):
+        self.intake = intake
+        self.directory = directory
+        self.hostname = hostname
+        self.stats = stats
+        self.lmtp = lmtp
+        self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    def in_transaction(self) -> int:
+        """Open connections between MAIL FROM and the end of DATA (drained on shutdown)."""
+        return sum(1 for proto in self.connections
+                   if proto.transport is not None and not proto.transport.is_closing()
+                   and proto.envelope is not None and proto.envelope.mail_from is not None)
+
+    def close_connections(self) -> None:
+        for proto in list(self.connections):
+            if proto.transport is not None:
+                proto.transport.close()
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if self.directory.lookup(address) is None:
+            self.stats.rejected_recipients += 1
+            return NO_SUCH_USER.format(address=address)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return OK_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.stats.in_flight += 1
+        try:
+            status = await self._deliver(session, envelope)
+        finally:
+            self.stats.in_flight -= 1
+        # LMTP: one reply per accepted recipient; they share one stored message
+        return "\r\n".join([status] * len(envelope.rcpt_tos)) if self.lmtp else status
+
+    async def _deliver(self, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        recipients = [(self.directory.lookup(r), r) for r in envelope.rcpt_tos]
+        intake_env = IntakeEnvelope(
+            mail_from=envelope.mail_from or "",
+            recipients=[(acc, rcpt) for acc, rcpt in recipients if acc is not None],
+            received_header=self._received(session, envelope),
+            protocol="LMTP" if self.lmtp else ("ESMTP" if session.extended_smtp else "SMTP"),
+        )
+        try:
+            receipt = await self.intake.receive(bytes(raw), intake_env)
+        except StoreUnavailable as exc:
+            self.stats.tempfailed += 1
+            log.warning("tempfail for %s: %s", envelope.mail_from, exc)
+            return TEMP_FAILURE
+        self.stats.accepted += 1
+        self.stats.duplicates += receipt.duplicate
+        self.stats.needs_attention += receipt.needs_attention
+        return OK_QUEUED.format(queue_id=receipt.queue_id)
+
+    def _received(self, session: Session, envelope: Envelope) -> str:
+        """Our RFC 5321 §4.4 trace line (kept beside the byte-exact message)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        helo = session.host_name or "unknown"
+        proto = "LMTP" if self.lmtp else ("ESMTP" if session.extended_smtp else "SMTP")
+        if session.ssl:
+            proto += "S"
+        rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
+        for_part = f"\r\n\tfor <{rcpt}>" if rcpt else ""
+        return (f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (Postdesk) with "
+                f"{proto} id {secrets.token_hex(6)}{for_part};\r\n\t"
+                f"{format_datetime(datetime.now(UTC))}\r\n")
+
+    async def handle_exception(self, error: Exception) -> str:
+        # our own faults must make the MTA retry, never bounce (aiosmtpd would answer 500)
+        log.exception("gateway fault", exc_info=error)
+        self.stats.tempfailed += 1
+        return TEMP_FAILURE
+
+
+class _Guarded:
+    """Mixin for SMTP/LMTP: refuse clients outside the allowed networks, fix reply codes."""
+
+    allowed_networks: list[Any] = []
+    stats: GatewayStats | None = None
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and status in _AIOSMTPD_REPLIES:
+            status = _AIOSMTPD_REPLIES[status].format(limit=self.data_size_limit)
+        await super().push(status)  # type: ignore[misc]
+
+    async def _handle_client(self) -> None:
+        if not _peer_allowed(self.session.peer, self.allowed_networks):
+            if self.stats is not None:
+                self.stats.refused_clients += 1
+            await self.push(NOT_ALLOWED)
+            self.transport.close()
+            return
+        await super()._handle_client()  # type: ignore[misc]
+
+
+class GuardedSMTP(_Guarded, SMTP):
+    pass
+
+
+class GuardedLMTP(_Guarded, LMTP):
+    pass
+
+
+def _peer_allowed(peer: Any, networks: list[Any]) -> bool:
+    if not isinstance(peer, tuple):  # a unix socket: local by definition
+        return True
+    try:
+        addr = ipaddress.ip_address(peer[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks if addr.version == net.version)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start_listener(
+    handler: IntakeHandler, host: str, port: int, *, networks: list[Any], size_limit: int,
+    hostname: str, tls: ssl.SSLContext | None, timeout: float,
+) -> asyncio.Server:
+    """Listen on host:port with an SMTP or LMTP protocol bound to ``handler``."""
+    loop = asyncio.get_running_loop()
+    cls = GuardedLMTP if handler.lmtp else GuardedSMTP
+
+    def factory() -> SMTP:
+        proto = cls(handler, data_size_limit=size_limit, enable_SMTPUTF8=True,
+                    hostname=hostname, ident="Postdesk ESMTP", tls_context=tls,
+                    timeout=timeout, loop=loop)
+        proto.allowed_networks = networks
+        proto.stats = handler.stats
+        handler.connections.add(proto)
+        return proto
+
+    return await loop.create_server(factory, host=host, port=port, reuse_address=True)
