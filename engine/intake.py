@@ -294,7 +294,7 @@ def _history(
 
 def reprocess(conn: Connection, message_pk: int) -> Receipt:
     """Run the pipeline again over a stored message's raw bytes (after a fix)."""
-    row = conn.execute(select(Message).where(Message.id == message_pk)).scalar_one_or_none()
+    row = conn.execute(select(Message).where(Message.id == message_pk)).one_or_none()
     if row is None:
         raise LookupError(f"no message {message_pk}")
     parsed = parse_message(row.raw, row.received_at)

@@ -273,3 +273,7 @@ def user_list(ctx: click.Context, as_json: bool) -> None:
                  for u in session.scalars(select(User).order_by(User.username))]
     click.echo(json.dumps(users, indent=2) if as_json else
                "\n".join(f"{u['username']}{' (admin)' if u['admin'] else ''}" for u in users))
+
+
+if __name__ == "__main__":
+    main()

@@ -80,6 +80,13 @@ class IntakeHandler:
             if proto.transport is not None:
                 proto.transport.close()
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        # aiosmtpd reads commands one at a time, so pipelining (RFC 2920) is safe to offer;
+        # our replies carry RFC 3463 codes, so say so (RFC 2034).
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if self.directory.lookup(address) is None:

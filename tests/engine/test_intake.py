@@ -1,0 +1,124 @@
+"""The intake pipeline in-process: group commit, idempotency, faults stored for attention."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import make_mail
+from sqlalchemy import Engine, func, select
+
+import engine.intake as intake_module
+from engine.intake import Envelope, Intake, StoreUnavailable, reprocess
+from engine.store.models import History, Message, MessageAccount
+
+
+def envelope(account: int = 1) -> Envelope:
+    return Envelope("customer@client.test", [(account, "support@example.test")])
+
+
+def count(engine: Engine, model: type = Message) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+async def receive_all(engine: Engine, raws: list[bytes], **kw: object) -> list[object]:
+    intake = Intake(engine, **kw)
+    await intake.start()
+    try:
+        return await asyncio.gather(*(intake.receive(r, envelope()) for r in raws),
+                                    return_exceptions=True)
+    finally:
+        await intake.stop()
+
+
+def test_many_concurrent_messages_commit_in_groups(store: Engine) -> None:
+    raws = [make_mail(f"m{i}", message_id=f"<g{i}@c>") for i in range(200)]
+    receipts = asyncio.run(receive_all(store, raws, max_batch=32))
+    assert all(not isinstance(r, Exception) for r in receipts)
+    assert len({r.message_pk for r in receipts}) == 200 == count(store)
+
+
+def test_redelivery_inside_one_group_is_stored_once(store: Engine) -> None:
+    raw = make_mail("dup", message_id="<dup@c>")
+    receipts = asyncio.run(receive_all(store, [raw, raw, raw]))
+    assert len({r.message_pk for r in receipts}) == 1
+    assert [r.duplicate for r in receipts] == [False, True, True]
+    assert count(store) == 1 and count(store, MessageAccount) == 1
+
+
+def test_a_pipeline_fault_stores_raw_for_attention_and_others_pass(
+        store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = intake_module.store_message
+
+    def flaky(conn, raw, env, parsed):  # a bug that hits one message only
+        if parsed.subject == "poison":
+            raise ZeroDivisionError("rule bug")
+        return real(conn, raw, env, parsed)
+
+    monkeypatch.setattr(intake_module, "store_message", flaky)
+    raws = [make_mail("ok1", message_id="<f1@c>"), make_mail("poison", message_id="<f2@c>"),
+            make_mail("ok2", message_id="<f3@c>")]
+    receipts = asyncio.run(receive_all(store, raws))
+    assert [r.needs_attention for r in receipts] == [False, True, False]
+    with store.connect() as conn:
+        poison = conn.execute(select(Message).where(Message.id == receipts[1].message_pk)).one()
+    assert poison.raw == raws[1] and "ZeroDivisionError: rule bug" in poison.error
+    assert poison.thread_id is None and poison.state == "queued"
+
+    monkeypatch.setattr(intake_module, "store_message", real)  # the bug is fixed
+    with store.begin() as conn:
+        reprocess(conn, receipts[1].message_pk)
+    with store.connect() as conn:
+        fixed = conn.execute(select(Message).where(Message.id == receipts[1].message_pk)).one()
+        actions = conn.scalars(select(History.action).where(
+            History.message_id == fixed.id)).all()
+    assert not fixed.needs_attention and fixed.error is None and fixed.thread_id is not None
+    assert actions == ["received", "reprocessed"]
+    # a redelivery of the once-poisoned message is still recognised
+    again = asyncio.run(receive_all(store, [raws[1]]))
+    assert again[0].duplicate and again[0].message_pk == fixed.id
+
+
+def test_store_failure_raises_store_unavailable(store: Engine) -> None:
+    blocker = store.raw_connection()
+    store.pool.dispose()
+    try:
+        blocker.cursor().execute("BEGIN EXCLUSIVE")
+        from engine.store.database import make_engine
+
+        impatient = make_engine(str(store.url), busy_timeout_ms=100)
+        [result] = asyncio.run(receive_all(impatient, [make_mail("x", message_id="<l@c>")]))
+        impatient.dispose()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert isinstance(result, StoreUnavailable)
+    assert count(store) == 0
+
+
+def test_missing_message_id_gets_a_stable_one_so_retries_dedupe(store: Engine) -> None:
+    raw = b"From: a@c\r\nTo: support@example.test\r\nSubject: no id\r\n\r\nbody\r\n"
+    first, second = asyncio.run(receive_all(store, [raw, raw]))
+    assert first.message_pk == second.message_pk and second.duplicate
+    with store.connect() as conn:
+        mid = conn.execute(select(Message.message_id_header)).scalar_one()
+    assert mid.endswith("@postdesk.invalid>")
+
+
+def test_attachments_are_content_addressed(store: Engine) -> None:
+    from engine.store.models import Attachment, Blob
+
+    def with_attachment(mid: str) -> bytes:
+        return (f"From: a@c\r\nTo: support@example.test\r\nSubject: att\r\nMessage-ID: {mid}\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+                "--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--XX\r\n"
+                "Content-Type: application/pdf\r\nContent-Disposition: attachment; "
+                "filename=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                "JVBERi0xLjQKJcfsj6IKMSAwIG9iago=\r\n--XX--\r\n").encode()
+
+    asyncio.run(receive_all(store, [with_attachment("<at1@c>"), with_attachment("<at2@c>")]))
+    assert count(store, Attachment) == 2 and count(store, Blob) == 1
+    with store.connect() as conn:
+        names = conn.scalars(select(Attachment.filename)).all()
+    assert names == ["report.pdf", "report.pdf"]

@@ -1,0 +1,71 @@
+"""The store: migrations match the models, WAL pragmas, async and sync access."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, insert, select
+
+from engine.store.database import (
+    async_session_factory,
+    current_revision,
+    driver_url,
+    make_async_engine,
+    make_engine,
+    upgrade,
+)
+from engine.store.models import ACTIVE_STATES, SETTLED_STATES, Base, Message, MessageState
+
+
+def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                Base.metadata)
+    assert diff == []
+    assert current_revision(engine) is not None
+    upgrade(url)  # idempotent
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_with_durable_commits(store: Engine) -> None:
+    with store.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_driver_urls() -> None:
+    assert driver_url("sqlite:///x.db", async_=True) == "sqlite+aiosqlite:///x.db"
+    assert driver_url("postgresql://u:p@h/db", async_=False) == "postgresql+psycopg://u:p@h/db"
+    assert driver_url("postgresql://u@h/db", async_=True) == "postgresql+asyncpg://u@h/db"
+
+
+def test_models_work_from_async_code(store: Engine) -> None:
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
+    with store.begin() as conn:
+        conn.execute(insert(Message).values(
+            dedupe_key="k1", message_id_header="<a@b>", account_id=1, date=when, raw=b"x"))
+
+    async def read() -> list[Message]:
+        engine = make_async_engine(str(store.url).replace("sqlite+pysqlite", "sqlite"))
+        async with async_session_factory(engine)() as session:
+            rows = (await session.scalars(select(Message))).all()
+        await engine.dispose()
+        return list(rows)
+
+    [msg] = asyncio.run(read())
+    assert msg.date == when and msg.state == MessageState.QUEUED
+
+
+def test_states_split_into_active_and_settled() -> None:
+    assert {s.value for s in ACTIVE_STATES} == {"queued", "assigned", "draft"}
+    assert {s.value for s in SETTLED_STATES} == {
+        "resolved", "sent", "deleted", "redirected", "auto_replied"}

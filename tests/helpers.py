@@ -1,0 +1,180 @@
+"""Test helpers: free ports, throwaway instances, a real ``postdesk serve`` process, mails.
+
+Every test talks to real sockets on loopback; ports come from the OS (port 0) so parallel
+runs never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, insert, select
+
+from engine.intake import Envelope, Receipt, store_message
+from engine.mime import parse_message
+from engine.store.database import make_engine, upgrade
+from engine.store.models import Account, Message
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTDESK = [sys.executable, "-m", "gateway.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+CONFIG = """\
+database:
+  url: {db_url}
+  busy_timeout_ms: {busy_timeout_ms}
+gateway:
+  smtp_listen: 127.0.0.1:{smtp}
+  lmtp_listen: 127.0.0.1:{lmtp}
+  http_listen: 127.0.0.1:{http}
+  hostname: postdesk.test
+  max_message_size: {max_size}
+  allowed_networks: {networks}
+accounts:
+  - name: support
+    addresses: [support@example.test, help@example.test, support@lmtp.test]
+    from_name: Example Support
+  - name: sales
+    addresses: [sales@example.test, sales@lmtp.test]
+"""
+
+
+@dataclass
+class Instance:
+    """A config file plus its database; ``start()`` runs ``postdesk serve`` on it."""
+
+    dir: Path
+    smtp: int = field(default_factory=free_port)
+    lmtp: int = field(default_factory=free_port)
+    http: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    _engine: Engine | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "postdesk.yaml"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.dir / 'postdesk.db'}"
+
+    def write(self, *, max_size: int = 1_000_000, networks: str = "[127.0.0.0/8]",
+              busy_timeout_ms: int = 10_000, extra: str = "") -> Instance:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(CONFIG.format(
+            db_url=self.db_url, smtp=self.smtp, lmtp=self.lmtp, http=self.http,
+            max_size=max_size, networks=networks, busy_timeout_ms=busy_timeout_ms,
+        ) + textwrap.dedent(extra))
+        return self
+
+    def start(self, timeout: float = 30.0) -> Instance:
+        log = open(self.dir / "serve.log", "ab")  # noqa: SIM115 — closed with the process
+        self.proc = subprocess.Popen(
+            [*POSTDESK, "--config", str(self.config), "serve"], cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_port(self.smtp, timeout, self.proc)
+        wait_port(self.lmtp, timeout, self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.db_url)
+        return self._engine
+
+    def messages(self) -> list[Message]:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            return list(session.scalars(select(Message).order_by(Message.id)))
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([*POSTDESK, "--config", str(self.config), *args], cwd=ROOT,
+                              capture_output=True, text=True, check=check, timeout=120)
+
+    def cli_json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def log(self) -> str:
+        path = self.dir / "serve.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def make_mail(subject: str = "Hello", *, sender: str = "customer@client.test",
+              to: str = "support@example.test", body: str = "Hi there.\n",
+              message_id: str | None = None, headers: str = "") -> bytes:
+    """A small RFC 5322 message with CRLF line ends, as an MTA would relay it."""
+    mid = message_id or f"<{time.monotonic_ns()}.{os.getpid()}@client.test>"
+    text = (f"From: Customer <{sender}>\nTo: {to}\nSubject: {subject}\n"
+            f"Message-ID: {mid}\nDate: Sun, 22 Nov 2026 10:00:00 +0000\n{headers}"
+            f"MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n{body}")
+    return text.replace("\n", "\r\n").encode()
+
+
+def store_with_accounts(url: str) -> Engine:
+    """Migrate ``url`` and add accounts 1 (support) and 2 (sales)."""
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert(Account), [
+            {"id": 1, "name": "support", "addresses": ["support@example.test"]},
+            {"id": 2, "name": "sales", "addresses": ["sales@example.test"]},
+        ])
+    return engine
+
+
+def deliver(engine: Engine, raw: bytes, account: int = 1,
+            when: datetime | None = None) -> Receipt:
+    """Parse and store one message the way the gateway does, in its own transaction."""
+    when = when or datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    env = Envelope("sender@client.test", [(account, "x@example.test")], received_at=when)
+    with engine.begin() as conn:
+        return store_message(conn, raw, env, parse_message(raw, when))
