@@ -25,6 +25,12 @@ def corpus() -> list[Path]:
     return sorted(data.glob("msg_*.txt"))
 
 
+def wire(path: Path) -> bytes:
+    """The file as an MTA transmits it: CRLF line ends, a final CRLF (RFC 5321 2.3.8, 4.1.1.4)."""
+    raw = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+
+
 def stdlib_view(raw: bytes) -> tuple[str, str] | None:
     """(subject, from address) where the stdlib parses the headers cleanly, else None."""
     try:
@@ -34,6 +40,7 @@ def stdlib_view(raw: bytes) -> tuple[str, str] | None:
         if msg["subject"] is not None and msg["subject"].defects:
             return None
         addr = senders[0].addr_spec.lower() if len(senders) == 1 else None
+        addr = "" if addr == "<>" else addr  # the null sender of a bounce
     except Exception:  # noqa: BLE001 — the stdlib gives up: nothing to compare with
         return None
     return subject, addr
@@ -46,26 +53,28 @@ def test_every_corpus_message_is_stored_or_cleanly_refused(gateway: Instance) ->
     with smtplib.SMTP("127.0.0.1", gateway.smtp, timeout=30) as smtp:
         smtp.ehlo("client.test")
         for path in files:
-            raw = path.read_bytes()
+            raw = wire(path)
             smtp.mail("corpus@client.test")
             smtp.rcpt("support@example.test")
             code, reply = smtp.data(raw)
             assert code == 250 or (code >= 500 and reply), (path.name, code, reply)
-            if code == 250:
+            if code == 250 and int(reply.split()[-1]) not in results.values():
                 results[path] = int(reply.split()[-1])
-            else:
+            elif code != 250:
                 smtp.rset()
+    # msg_01/03/20/29 share Message-ID and body: one message, later copies are redeliveries
     stored = {m.id: m for m in gateway.messages()}
+    assert len(stored) == len(results)
     compared = 0
     for path, queue_id in results.items():
         msg = stored[queue_id]
-        assert msg.raw.replace(b"\r\n", b"\n") == path.read_bytes().replace(b"\r\n", b"\n")
+        assert msg.raw == wire(path)
         expected = stdlib_view(path.read_bytes())
         if expected is None or msg.needs_attention:
             continue
         subject, sender = expected
         assert " ".join(msg.subject.split()) == subject, path.name
-        if sender:
+        if sender is not None:
             assert msg.from_addr == sender, path.name
         compared += 1
     assert compared > 30
