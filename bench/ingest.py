@@ -422,6 +422,8 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "commit": git_commit(),
+        # other load on the box skews both servers; recorded to judge a noisy run
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -441,6 +443,7 @@ def note(text: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = [Cell(size, conc, args.messages) for size in args.sizes for conc in args.concurrency]
     run_tag = f"bench-{uuid.uuid4().hex[:12]}"
+    info = machine()
     with tempfile.TemporaryDirectory(prefix="postdesk-bench-") as tmp:
         base = Path(tmp)
         null_port = free_port()
@@ -452,7 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for i, cell in enumerate(cells)]
         finally:
             stop(null_proc)
-    return {"benchmark": "ingest", "machine": machine(),
+    return {"benchmark": "ingest", "machine": info,
             "database": "sqlite (fresh per cell)" if args.database is None
             else args.database.split(":", 1)[0], "cells": rows}
 

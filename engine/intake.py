@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from engine.mime import ParsedMessage, parse_message
 from engine.store.models import (
@@ -36,6 +36,15 @@ from engine.store.sql import insert_ignore
 from engine.threads import create_thread, join_thread, resolve_thread
 
 log = logging.getLogger(__name__)
+
+# Hot-path statements are built once: SQLAlchemy spends more time building and cache-keying
+# a statement than SQLite spends running it.
+_MESSAGES = Message.__table__
+_FIND_KEY = select(_MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
+    _MESSAGES.c.dedupe_key == bindparam("key"))
+_INSERT_MESSAGE = _MESSAGES.insert()
+_INSERT_HISTORY = History.__table__.insert()
+_INSERT_ATTACHMENT = Attachment.__table__.insert()
 
 
 class StoreUnavailable(Exception):
@@ -173,9 +182,7 @@ def _store_guarded(conn: Connection, job: _Job) -> Receipt:
 
 
 def _existing(conn: Connection, key: str, envelope: Envelope) -> Receipt | None:
-    row = conn.execute(
-        select(Message.id, Message.needs_attention).where(Message.dedupe_key == key)
-    ).first()
+    row = conn.execute(_FIND_KEY, {"key": key}).first()
     if row is None:
         return None
     # a second delivery to another support address: record the account, keep one message
@@ -198,7 +205,7 @@ def store_message(conn: Connection, raw: bytes, envelope: Envelope, parsed: Pars
     thread_id, reason = _thread(conn, parsed, envelope.received_at)
     values = _parsed_columns(parsed) | _envelope_columns(raw, envelope, key)
     values |= {"thread_id": thread_id, "thread_reason": reason}
-    message_pk = conn.execute(insert(Message).values(**values)).inserted_primary_key[0]
+    message_pk = conn.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
     _record_accounts(conn, message_pk, envelope)
     _store_attachments(conn, message_pk, parsed)
     _history(conn, message_pk, thread_id, envelope, "received", {"thread_reason": reason})
@@ -220,7 +227,7 @@ def store_raw(
         "needs_attention": True,
         "error": error,
     }
-    message_pk = conn.execute(insert(Message).values(**values)).inserted_primary_key[0]
+    message_pk = conn.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
     _record_accounts(conn, message_pk, envelope)
     _history(conn, message_pk, None, envelope, "received", {"needs_attention": True})
     return Receipt(message_pk, duplicate=False, needs_attention=True)
@@ -278,18 +285,19 @@ def _store_attachments(conn: Connection, message_pk: int, parsed: ParsedMessage)
             "content_id": att.content_id, "size": len(att.data),
         })
     insert_ignore(conn, Blob.__table__, list(blobs.values()))
-    conn.execute(insert(Attachment), rows)
+    conn.execute(_INSERT_ATTACHMENT, rows)
 
 
 def _history(
     conn: Connection, message_pk: int, thread_id: int | None, envelope: Envelope,
     action: str, detail: dict[str, object],
 ) -> None:
-    conn.execute(insert(History).values(
-        message_id=message_pk, thread_id=thread_id, account_id=envelope.recipients[0][0],
-        action=action, resource="system", reason_code=None,
-        detail={**detail, "protocol": envelope.protocol}, created_at=envelope.received_at,
-    ))
+    conn.execute(_INSERT_HISTORY, {
+        "message_id": message_pk, "thread_id": thread_id,
+        "account_id": envelope.recipients[0][0], "action": action, "resource": "system",
+        "reason_code": None, "detail": {**detail, "protocol": envelope.protocol},
+        "created_at": envelope.received_at,
+    })
 
 
 def reprocess(conn: Connection, message_pk: int) -> Receipt:

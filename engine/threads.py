@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, case, select
 
 from engine.mime import ParsedMessage
 from engine.store.models import Thread, ThreadParticipant, ThreadRef
@@ -29,6 +29,29 @@ _PREFIX = re.compile(
     re.IGNORECASE,
 )
 _SPACE = re.compile(r"\s+")
+
+# Statements are built once: building them per message costs more than running them.
+_THREADS, _REFS = Thread.__table__, ThreadRef.__table__
+_FIND_REFS = select(_REFS.c.ref, _REFS.c.thread_id).where(
+    _REFS.c.ref.in_(bindparam("refs", expanding=True)))
+_FIND_BY_SUBJECT = (
+    select(_THREADS.c.id)
+    .join(ThreadParticipant, ThreadParticipant.thread_id == _THREADS.c.id)
+    .where(_THREADS.c.subject_key == bindparam("key"),
+           _THREADS.c.last_message_at >= bindparam("since", type_=Thread.last_message_at.type))
+    .where(ThreadParticipant.address == bindparam("sender"))
+    .order_by(_THREADS.c.last_message_at.desc())
+    .limit(1)
+)
+_INSERT_THREAD = _THREADS.insert()
+_BUMP_THREAD = _THREADS.update().where(_THREADS.c.id == bindparam("tid")).values(
+    message_count=_THREADS.c.message_count + 1,
+    last_message_at=case(
+        (_THREADS.c.last_message_at < bindparam("at", type_=Thread.last_message_at.type),
+         bindparam("at", type_=Thread.last_message_at.type)),
+        else_=_THREADS.c.last_message_at,
+    ),
+)
 
 REASON_IN_REPLY_TO = "in-reply-to"
 REASON_REFERENCES = "references"
@@ -59,8 +82,7 @@ def resolve_thread(conn: Connection, parsed: ParsedMessage) -> tuple[int | None,
     """Find the existing thread for ``parsed``; (None, "new") when it starts one."""
     cited = cited_ids(parsed)
     if cited:
-        rows = conn.execute(select(ThreadRef.ref, ThreadRef.thread_id).where(ThreadRef.ref.in_(cited)))
-        found = dict(rows.all())
+        found = dict(conn.execute(_FIND_REFS, {"refs": cited}).all())
         for ref in cited:
             if ref in found:
                 reason = REASON_IN_REPLY_TO if ref == parsed.in_reply_to else REASON_REFERENCES
@@ -73,27 +95,17 @@ def _by_subject(conn: Connection, parsed: ParsedMessage) -> tuple[int | None, st
     sender = parsed.from_.addr if parsed.from_ else ""
     if not (key and is_reply and sender):
         return None, REASON_NEW
-    since = parsed.date - SUBJECT_WINDOW
-    query = (
-        select(Thread.id)
-        .join(ThreadParticipant, ThreadParticipant.thread_id == Thread.id)
-        .where(Thread.subject_key == key, Thread.last_message_at >= since)
-        .where(ThreadParticipant.address == sender)
-        .order_by(Thread.last_message_at.desc())
-        .limit(1)
-    )
-    thread_id = conn.execute(query).scalar()
+    params = {"key": key, "since": parsed.date - SUBJECT_WINDOW, "sender": sender}
+    thread_id = conn.execute(_FIND_BY_SUBJECT, params).scalar()
     return (thread_id, REASON_SUBJECT) if thread_id else (None, REASON_NEW)
 
 
 def create_thread(conn: Connection, parsed: ParsedMessage, now: datetime) -> int:
     key, _ = normalize_subject(parsed.subject)
-    result = conn.execute(
-        insert(Thread).values(
-            subject=parsed.subject, subject_key=key, created_at=now,
-            last_message_at=parsed.date, message_count=0,
-        )
-    )
+    result = conn.execute(_INSERT_THREAD, {
+        "subject": parsed.subject, "subject_key": key, "created_at": now,
+        "last_message_at": parsed.date, "message_count": 0,
+    })
     return result.inserted_primary_key[0]
 
 
@@ -103,13 +115,4 @@ def join_thread(conn: Connection, thread_id: int, parsed: ParsedMessage) -> None
     insert_ignore(conn, ThreadRef.__table__, [{"ref": r, "thread_id": thread_id} for r in refs])
     people = [{"thread_id": thread_id, "address": a[:320]} for a in sorted(parsed.participants)]
     insert_ignore(conn, ThreadParticipant.__table__, people)
-    conn.execute(
-        update(Thread)
-        .where(Thread.id == thread_id)
-        .values(message_count=Thread.message_count + 1)
-    )
-    conn.execute(
-        update(Thread)
-        .where(Thread.id == thread_id, Thread.last_message_at < parsed.date)
-        .values(last_message_at=parsed.date)
-    )
+    conn.execute(_BUMP_THREAD, {"tid": thread_id, "at": parsed.date})

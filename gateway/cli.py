@@ -38,6 +38,9 @@ def main(ctx: click.Context, config: str | None, log_level: str) -> None:
     """Postdesk: self-hosted email response management."""
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # per-connection chatter of aiosmtpd ("mail.log") and Alembic's plugin list: debug only
+    for noisy in ("mail.log", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     ctx.obj = {"config": config or _default_config()}
 
 
