@@ -15,64 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import traceback
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from engine.deliveries import Delivery, Envelope, Receipt, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
-from engine.store.models import (
-    Attachment,
-    Blob,
-    History,
-    Message,
-    MessageAccount,
-    MessageState,
-)
-from engine.store.sql import insert_ignore
-from engine.threads import create_thread, join_thread, resolve_thread
 
 log = logging.getLogger(__name__)
-
-# Hot-path statements are built once: SQLAlchemy spends more time building and cache-keying
-# a statement than SQLite spends running it.
-_MESSAGES = Message.__table__
-_FIND_KEY = select(_MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
-    _MESSAGES.c.dedupe_key == bindparam("key"))
-_INSERT_MESSAGE = _MESSAGES.insert()
-_INSERT_HISTORY = History.__table__.insert()
-_INSERT_ATTACHMENT = Attachment.__table__.insert()
+# The database itself failed (unreachable, locked past the busy timeout, disk full): the
+# sender must retry. Other errors, DataError and IntegrityError included, are about one
+# message and are isolated instead.
+UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 class StoreUnavailable(Exception):
     """The message could not be committed; the sender must try again later (4xx)."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """What the transport knows about a delivery besides the bytes."""
-
-    mail_from: str
-    recipients: list[tuple[int, str]]  # (account id, envelope recipient) — at least one
-    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    received_header: str = ""  # our trace line, kept beside the byte-exact raw message
-    protocol: str = "SMTP"
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """The outcome the gateway reports back: the queue id for the 250 reply."""
-
-    message_pk: int
-    duplicate: bool
-    needs_attention: bool
-
-    @property
-    def queue_id(self) -> str:
-        return f"{self.message_pk}"
 
 
 @dataclass
@@ -81,15 +42,6 @@ class _Job:
     envelope: Envelope
     parsed: ParsedMessage | None
     parse_error: str | None
-
-
-def dedupe_key(message_id: str, body_hash: str) -> str:
-    """Same Message-ID and same body → same key: a redelivery, not a new message."""
-    return hashlib.sha256(f"{message_id}\0{body_hash}".encode()).hexdigest()
-
-
-def _raw_key(raw: bytes) -> str:
-    return hashlib.sha256(b"raw\0" + raw).hexdigest()
 
 
 class Intake:
@@ -147,16 +99,31 @@ class Intake:
                 self._queue.task_done()
 
     def _commit_batch(self, jobs: list[_Job]) -> list[Receipt | Exception]:
-        """Commit all jobs in one transaction; if that fails, each in its own."""
+        """Commit all jobs in one transaction; after a pipeline fault, each on its own."""
         try:
             with self.engine.begin() as conn:
-                return [_store_guarded(conn, job) for job in jobs]
-        except Exception as exc:  # noqa: BLE001
-            if len(jobs) == 1:
-                log.error("store failed: %s", exc)
-                return [StoreUnavailable(str(exc))]
-            log.warning("group commit of %d failed (%s); committing one by one", len(jobs), exc)
-            return [self._commit_batch([job])[0] for job in jobs]
+                return _store_all(conn, jobs)
+        except UNAVAILABLE as exc:  # every sender retries
+            log.error("store unavailable: %s", exc.orig)
+            return [StoreUnavailable(str(exc.orig))] * len(jobs)
+        except Exception:  # noqa: BLE001 — a pipeline fault: isolate the message(s) causing it
+            log.warning("group of %d failed in the pipeline; storing one by one", len(jobs))
+        outcomes: list[Receipt | Exception] = []
+        for job in jobs:
+            if outcomes and isinstance(outcomes[-1], StoreUnavailable):
+                outcomes.append(outcomes[-1])  # don't wait out a dead database per message
+            else:
+                outcomes.append(self._commit_one(job))
+        return outcomes
+
+    def _commit_one(self, job: _Job) -> Receipt | Exception:
+        """One job in its own transaction; a pipeline fault stores it raw for attention."""
+        try:
+            with self.engine.begin() as conn:
+                return _store_guarded(conn, job)
+        except UNAVAILABLE as exc:
+            log.error("store unavailable: %s", exc.orig)
+            return StoreUnavailable(str(exc.orig))
 
 
 def _make_job(raw: bytes, envelope: Envelope) -> _Job:
@@ -166,160 +133,29 @@ def _make_job(raw: bytes, envelope: Envelope) -> _Job:
         return _Job(raw, envelope, None, traceback.format_exc(limit=5))
 
 
+def _store_all(conn: Connection, jobs: list[_Job]) -> list[Receipt]:
+    """The fast path: parsed jobs in one batch, unparseable ones raw."""
+    parsed = [(i, Delivery(j.raw, j.envelope, j.parsed)) for i, j in enumerate(jobs)
+              if j.parsed is not None]
+    receipts: dict[int, Receipt] = dict(zip(
+        [i for i, _ in parsed], store_batch(conn, [d for _, d in parsed]), strict=True))
+    for i, job in enumerate(jobs):
+        if i not in receipts:
+            receipts[i] = store_raw(conn, job.raw, job.envelope, job.parse_error or "", None)
+    return [receipts[i] for i in range(len(jobs))]
+
+
 def _store_guarded(conn: Connection, job: _Job) -> Receipt:
-    """Store the parsed message; on any pipeline fault store it raw, marked for attention."""
+    """Store one job; if the pipeline fails on it, keep its bytes marked for attention."""
     if job.parsed is not None:
         try:
             with conn.begin_nested():
-                return store_message(conn, job.raw, job.envelope, job.parsed)
+                return store_batch(conn, [Delivery(job.raw, job.envelope, job.parsed)])[0]
+        except UNAVAILABLE:
+            raise
         except Exception:  # noqa: BLE001 — the fault is recorded on the message
             error = traceback.format_exc(limit=5)
             log.error("pipeline failed, storing raw for attention: %s", error.splitlines()[-1])
     else:
         error = job.parse_error or "parse failed"
-    with conn.begin_nested():
-        return store_raw(conn, job.raw, job.envelope, error, job.parsed)
-
-
-def _existing(conn: Connection, key: str, envelope: Envelope) -> Receipt | None:
-    row = conn.execute(_FIND_KEY, {"key": key}).first()
-    if row is None:
-        return None
-    # a second delivery to another support address: record the account, keep one message
-    _record_accounts(conn, row.id, envelope)
-    return Receipt(row.id, duplicate=True, needs_attention=row.needs_attention)
-
-
-def _record_accounts(conn: Connection, message_pk: int, envelope: Envelope) -> None:
-    rows = [{"message_id": message_pk, "account_id": acc, "recipient": rcpt}
-            for acc, rcpt in envelope.recipients]
-    insert_ignore(conn, MessageAccount.__table__, rows)
-
-
-def store_message(conn: Connection, raw: bytes, envelope: Envelope, parsed: ParsedMessage) -> Receipt:
-    """Thread and insert a parsed message (or recognise a redelivery of one)."""
-    key = dedupe_key(parsed.message_id, parsed.body_hash)
-    known = _existing(conn, key, envelope)
-    if known is not None:
-        return known
-    thread_id, reason = _thread(conn, parsed, envelope.received_at)
-    values = _parsed_columns(parsed) | _envelope_columns(raw, envelope, key)
-    values |= {"thread_id": thread_id, "thread_reason": reason}
-    message_pk = conn.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
-    _record_accounts(conn, message_pk, envelope)
-    _store_attachments(conn, message_pk, parsed)
-    _history(conn, message_pk, thread_id, envelope, "received", {"thread_reason": reason})
-    return Receipt(message_pk, duplicate=False, needs_attention=False)
-
-
-def store_raw(
-    conn: Connection, raw: bytes, envelope: Envelope, error: str, parsed: ParsedMessage | None
-) -> Receipt:
-    """Keep the bytes of a message the pipeline could not handle, flagged with the error."""
-    key = dedupe_key(parsed.message_id, parsed.body_hash) if parsed else _raw_key(raw)
-    known = _existing(conn, key, envelope)
-    if known is not None:
-        return known
-    values = _envelope_columns(raw, envelope, key) | {
-        "message_id_header": parsed.message_id if parsed else f"<{key[:32]}@postdesk.invalid>",
-        "subject": parsed.subject if parsed else "",
-        "date": envelope.received_at,
-        "needs_attention": True,
-        "error": error,
-    }
-    message_pk = conn.execute(_INSERT_MESSAGE, values).inserted_primary_key[0]
-    _record_accounts(conn, message_pk, envelope)
-    _history(conn, message_pk, None, envelope, "received", {"needs_attention": True})
-    return Receipt(message_pk, duplicate=False, needs_attention=True)
-
-
-def _thread(conn: Connection, parsed: ParsedMessage, now: datetime) -> tuple[int, str]:
-    """The message's thread (joined or new) and the signal that chose it."""
-    thread_id, reason = resolve_thread(conn, parsed)
-    if thread_id is None:
-        thread_id = create_thread(conn, parsed, now)
-    join_thread(conn, thread_id, parsed)
-    return thread_id, reason
-
-
-def _parsed_columns(parsed: ParsedMessage) -> dict[str, object]:
-    return {
-        "message_id_header": parsed.message_id,
-        "subject": parsed.subject,
-        "from_addr": parsed.from_.addr if parsed.from_ else "",
-        "from_name": parsed.from_.name if parsed.from_ else "",
-        "to_addrs": [a.addr for a in parsed.to],
-        "cc_addrs": [a.addr for a in parsed.cc],
-        "in_reply_to": parsed.in_reply_to,
-        "date": parsed.date,
-        "charset": parsed.charset,
-        "body_text": parsed.text,
-        "body_html": parsed.html,
-        "defects": parsed.defects[:20],
-    }
-
-
-def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, object]:
-    return {
-        "dedupe_key": key,
-        "account_id": envelope.recipients[0][0],
-        "state": MessageState.QUEUED.value,
-        "received_at": envelope.received_at,
-        "size": len(raw),
-        "envelope_from": envelope.mail_from,
-        "received_header": envelope.received_header,
-        "raw": raw,
-    }
-
-
-def _store_attachments(conn: Connection, message_pk: int, parsed: ParsedMessage) -> None:
-    if not parsed.attachments:
-        return
-    blobs, rows = {}, []
-    for att in parsed.attachments:
-        digest = hashlib.sha256(att.data).hexdigest()
-        blobs[digest] = {"sha256": digest, "size": len(att.data), "data": att.data}
-        rows.append({
-            "message_id": message_pk, "blob_sha256": digest, "filename": att.filename,
-            "content_type": att.content_type, "disposition": att.disposition,
-            "content_id": att.content_id, "size": len(att.data),
-        })
-    insert_ignore(conn, Blob.__table__, list(blobs.values()))
-    conn.execute(_INSERT_ATTACHMENT, rows)
-
-
-def _history(
-    conn: Connection, message_pk: int, thread_id: int | None, envelope: Envelope,
-    action: str, detail: dict[str, object],
-) -> None:
-    conn.execute(_INSERT_HISTORY, {
-        "message_id": message_pk, "thread_id": thread_id,
-        "account_id": envelope.recipients[0][0], "action": action, "resource": "system",
-        "reason_code": None, "detail": {**detail, "protocol": envelope.protocol},
-        "created_at": envelope.received_at,
-    })
-
-
-def reprocess(conn: Connection, message_pk: int) -> Receipt:
-    """Run the pipeline again over a stored message's raw bytes (after a fix)."""
-    row = conn.execute(select(Message).where(Message.id == message_pk)).one_or_none()
-    if row is None:
-        raise LookupError(f"no message {message_pk}")
-    parsed = parse_message(row.raw, row.received_at)
-    thread_id, reason = row.thread_id, row.thread_reason or "kept"
-    if thread_id is None:
-        thread_id, reason = _thread(conn, parsed, row.received_at)
-    values = _parsed_columns(parsed) | {"thread_id": thread_id, "thread_reason": reason}
-    key = dedupe_key(parsed.message_id, parsed.body_hash)
-    if not conn.execute(select(Message.id).where(Message.dedupe_key == key)).first():
-        values["dedupe_key"] = key  # so a later redelivery is recognised
-    conn.execute(update(Message).where(Message.id == message_pk).values(
-        **values, needs_attention=False, error=None,
-    ))
-    if not conn.execute(select(Attachment.id).where(Attachment.message_id == message_pk)).first():
-        _store_attachments(conn, message_pk, parsed)
-    conn.execute(insert(History).values(
-        message_id=message_pk, thread_id=thread_id, account_id=row.account_id,
-        action="reprocessed", resource="system", detail={"thread_reason": reason},
-    ))
-    return Receipt(message_pk, duplicate=False, needs_attention=False)
+    return store_raw(conn, job.raw, job.envelope, error, job.parsed)

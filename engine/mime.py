@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.errors import CloseBoundaryNotFoundDefect
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
@@ -109,7 +110,10 @@ def _real_type(part: Message) -> str:
 _PARSER = BytesParser(_class=_RawMessage, policy=compat32)
 _HEAD_PARSER = BytesHeaderParser(_class=_RawMessage, policy=compat32)
 
-_MAX_DEPTH = 40  # MIME nesting deeper than this is an attack, not a mail
+# Bounds that keep a hostile mail from stalling the SMTP transaction (no real mail nears them).
+_MAX_DEPTH = 40  # MIME nesting
+_MAX_PARTS = 1000  # MIME parts in one mail
+_MAX_HEADER_CHARS = 32768  # one header value (a References line of ~500 ids)
 _FUTURE_SLACK = timedelta(days=1)  # sender clocks and zone mistakes; beyond is out of range
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NESTED_TYPES = frozenset({"message/rfc822", "message/global"})
@@ -123,6 +127,9 @@ _ADDR_SPEC = r'[^<>@\s",;:()\\\[\]]+@[^<>@\s",;:()\\\[\]]+'  # no quoting, no ro
 _SIMPLE_ADDRESS = re.compile(  # "Name" <a@b>, Name <a@b>, <a@b>, a@b: nothing to unquote
     rf'\s*(?:(?:"([^"\\]*)"|([^"<>@,;:()\\\[\]]*?))\s*<({_ADDR_SPEC})>|({_ADDR_SPEC}))\s*'
 )
+_ADDR_JUNK = re.compile(r'[\s<>"]')
+_ADDR_SPEC_IN = re.compile(r'[^\s<>"]+@[^\s<>"]+')
+_HEADER_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ID_FORBIDDEN = re.compile(r"[\s<>()\x00-\x1f\x7f\ufffd]")
 _SURROGATES = re.compile("[\ud800-\udfff]")  # lone surrogates (and NUL) break storage
 _FILENAME_JUNK = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
@@ -261,7 +268,7 @@ def _decode_header_bytes(data: bytes, label: str | None, hint: str | None) -> st
 
 def _raw_text(value: object, hint: str | None) -> str:
     """Unfold a raw header value (RFC 5322 §2.2.3) and decode raw 8-bit bytes in it."""
-    text = value if isinstance(value, str) else str(value)
+    text = (value if isinstance(value, str) else str(value))[:_MAX_HEADER_CHARS]
     if "\n" in text or "\r" in text:
         text = _BREAK.sub("", text)
     if not text.isascii():  # the parser hands 8-bit bytes over as surrogate escapes
@@ -317,19 +324,32 @@ def _decode_words(text: str, hint: str | None) -> str:
     return "".join(out)
 
 
+def _decoded(text: str, hint: str | None) -> str:
+    """Unfolded header text with its encoded-words decoded; a decoded CR/LF or other control
+    becomes a space, so a subject can never smuggle a header line into a reply."""
+    text = _decode_words(text, hint)
+    if not text.isprintable():
+        text = _HEADER_CONTROLS.sub(" ", text)
+    return _clean(text).strip()
+
+
 def _header_text(value: object, hint: str | None) -> str:
     """A header value as a reader sees it: unfolded, 8-bit and RFC 2047 decoded."""
-    return _clean(_decode_words(_raw_text(value, hint), hint)).strip()
+    return _decoded(_raw_text(value, hint), hint)
 
 
-def _read_headers(msg: Message, hint: str | None) -> tuple[list[tuple[str, str]], dict[str, str]]:
+def _read_headers(
+    msg: Message, hint: str | None, defects: list[str]
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """All top-level headers decoded, in order, and the first raw text of each name."""
     headers: list[tuple[str, str]] = []
     first: dict[str, str] = {}
     for name, value in msg.raw_items():
+        if len(value) > _MAX_HEADER_CHARS:
+            defects.append(f"{name} header longer than {_MAX_HEADER_CHARS} characters; cut")
         text = _raw_text(value, hint)
         first.setdefault(name.lower(), text)
-        headers.append((name, _clean(_decode_words(text, hint)).strip()))
+        headers.append((name, _decoded(text, hint)))
     return headers, first
 
 
@@ -344,16 +364,18 @@ def _addresses(text: str | None, hint: str | None) -> list[Address]:
     if simple:  # one plain mailbox, the usual case: skip the stdlib's slow tokenizer
         quoted, bare, angle, plain = simple.groups()
         name = quoted if quoted is not None else " ".join((bare or "").split())
-        return [Address(_clean(_decode_words(name, hint)).strip(), (angle or plain).lower())]
+        return [Address(_decoded(name, hint), (angle or plain).lower())]
     if not _ADDRESS_HINT.search(text) and len(text.split()) > 1:  # "From: John Smith"
-        return [Address(_clean(_decode_words(text, hint)).strip(), "")]
+        return [Address(_decoded(text, hint), "")]
     try:
         pairs = getaddresses([text])
     except Exception:  # stdlib parser bugs on hostile input (CPython gh-102988 and kin)
         pairs = []
     found = []
     for name, addr in pairs:
-        name, addr = _clean(_decode_words(name, hint)).strip(), _clean(addr).strip().lower()
+        name, addr = _decoded(name, hint), addr.strip().lower()
+        if _ADDR_JUNK.search(addr) and (spec := _ADDR_SPEC_IN.search(addr)):
+            addr = spec.group(0)  # '"unterminated <a@b' and the like: keep the address part
         if name or addr:
             found.append(Address(name, addr))
     return found
@@ -459,7 +481,7 @@ class _Leaves:
     html: Message | None = None
     others: list[tuple[Message, bool]] = field(default_factory=list)  # (part, in related)
     visited: list[Message] = field(default_factory=list)
-    too_deep: bool = False
+    limited: bool = False  # parts beyond _MAX_DEPTH or _MAX_PARTS were left out
 
 
 def _body_kind(part: Message) -> str | None:
@@ -475,11 +497,11 @@ def _body_kind(part: Message) -> str | None:
 
 def _sort_leaves(part: Message, leaves: _Leaves, related: bool = False, depth: int = 0) -> None:
     """Walk the tree: the first text/plain and text/html are bodies, the rest attachments."""
+    if depth >= _MAX_DEPTH or len(leaves.visited) >= _MAX_PARTS:
+        leaves.limited = True
+        return
     leaves.visited.append(part)
     if part.is_multipart():
-        if depth >= _MAX_DEPTH:
-            leaves.too_deep = True
-            return
         inner_related = related or _real_type(part) == "multipart/related"
         for child in part.get_payload():
             if isinstance(child, Message):
@@ -610,7 +632,9 @@ def _attachment(part: Message, related: bool, hint: str | None) -> Attachment:
 
 def _email_defects(leaves: _Leaves) -> list[str]:
     """The email package's defects as sentences (each defect class's docstring says it)."""
-    found = ["MIME nesting too deep; inner parts ignored"] if leaves.too_deep else []
+    found = []
+    if leaves.limited:
+        found.append(f"MIME tree deeper than {_MAX_DEPTH} or over {_MAX_PARTS} parts; rest ignored")
     for part in leaves.visited:
         for defect in part.defects:
             doc = (type(defect).__doc__ or type(defect).__name__).strip().splitlines()[0]
@@ -634,9 +658,9 @@ def _line_starts(body: bytes, sep: bytes) -> Iterator[int]:
         at = body.find(b"\n" + sep, at + 1)
 
 
-def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
-    """(start, end of line) of each delimiter line (RFC 2046 §5.1.1) up to and including the
-    close delimiter; empty when the close delimiter is missing."""
+def _delimiters(body: bytes, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """(start, end of line) of each delimiter line (RFC 2046 §5.1.1) up to the close
+    delimiter, and whether that close delimiter was found."""
     found: list[tuple[int, int]] = []
     sep = b"--" + boundary
     for start in _line_starts(body, sep):
@@ -646,66 +670,78 @@ def _delimiters(body: bytes, boundary: bytes) -> list[tuple[int, int]]:
         if tail in (b"", b"--"):
             found.append((start, end))
             if tail:
-                return found
-    return []
+                return found, True
+    return found, False
 
 
-def _split_parts(body: bytes, boundary: str) -> list[bytes]:
-    """The body parts of a multipart body (preamble and epilogue dropped)."""
+def _before_line_break(body: bytes, end: int) -> int:
+    """``end`` moved before the line break that ends there, if any (CRLF, LF or CR)."""
+    if body[end - 2 : end] == b"\r\n":
+        return end - 2
+    return end - 1 if body[end - 1 : end] in (b"\n", b"\r") else end
+
+
+def _split_parts(body: bytes, boundary: str, limit: int) -> tuple[list[bytes], bool]:
+    """Up to ``limit`` body parts of a multipart body (preamble and epilogue dropped), and
+    whether it was closed; an unclosed one runs to the end, as in the feed parser."""
     try:
-        lines = _delimiters(body, boundary.encode("ascii"))
+        lines, closed = _delimiters(body, boundary.encode("ascii"))
     except UnicodeEncodeError:
-        return []
+        return [], False
+    if not closed:
+        lines.append((len(body), len(body)))
     parts = []
-    for (_, opening_end), (closing, _) in zip(lines, lines[1:], strict=False):
+    for (_, opening_end), (closing, _) in zip(lines[: limit + 1], lines[1 : limit + 1], strict=False):
         start = opening_end + 1
         if closing <= start:
-            return []  # delimiter after delimiter: the feed parser has its own rules for it
+            return [], closed  # delimiter after delimiter: the feed parser has its own rules
         # the line break before a delimiter belongs to the delimiter (RFC 2046 §5.1.1)
-        end = closing - (2 if body[closing - 2 : closing] == b"\r\n" else 1)
-        parts.append(body[start : max(start, end)])
-    return parts
+        parts.append(body[start : max(start, _before_line_break(body, closing))])
+    return parts, closed
 
 
-def _fast_multipart(msg: Message, body: bytes, depth: int) -> Message | None:
-    """Fill a multipart's children from its body; None when it is not well formed."""
-    boundary = msg.get_boundary()
-    chunks = _split_parts(body, boundary) if boundary else []
-    digest = _real_type(msg) == "multipart/digest"
-    children = []
-    for chunk in chunks:
-        child = _fast_tree(chunk, depth + 1)
-        if child is None:
+@dataclass(slots=True)
+class _TreeBuilder:
+    """Builds the MIME tree: the fast path where MIME is well formed, the feed parser for any
+    part it is unsure of; counts parts so 50,000 empty ones cannot stall the intake."""
+
+    parts_left: int = _MAX_PARTS
+
+    def tree(self, raw: bytes, depth: int = 0) -> Message:
+        """The parsed entity (a whole mail or one body part)."""
+        try:
+            msg = self._fast(raw, depth)
+        except (LookupError, UnicodeError, ValueError, TypeError):  # odd parameters
+            msg = None
+        return msg if msg is not None else _PARSER.parsebytes(raw)
+
+    def _fast(self, raw: bytes, depth: int) -> Message | None:
+        """The entity split without the feed parser; None when it had better judge."""
+        start = _body_start(raw)
+        msg = _HEAD_PARSER.parsebytes(raw[:start])
+        if msg.get_payload():
+            return None  # a line in the header block that is no header: the parser's call
+        body = raw[start:]
+        if depth < _MAX_DEPTH and _real_type(msg).startswith("multipart/"):
+            return self._multipart(msg, body, depth)
+        msg.set_payload(body.decode("ascii", "surrogateescape"))  # as the feed parser does
+        return msg
+
+    def _multipart(self, msg: Message, body: bytes, depth: int) -> Message | None:
+        """Fill a multipart's children from its body; None when it is not well formed."""
+        boundary = msg.get_boundary()
+        chunks, closed = _split_parts(body, boundary, max(self.parts_left, 1)) if boundary else ([], False)
+        if not chunks:
             return None
-        if digest:
-            child.set_default_type("message/rfc822")  # RFC 2046 §5.1.5
-        children.append(child)
-    if not children:
-        return None
-    msg.set_payload(children)
-    return msg
-
-
-def _fast_tree(raw: bytes, depth: int = 0) -> Message | None:
-    """The message tree built without the feed parser; None when it had better judge."""
-    start = _body_start(raw)
-    msg = _HEAD_PARSER.parsebytes(raw[:start])
-    if msg.get_payload() or depth > _MAX_DEPTH:
-        return None  # a line in the header block that is no header: the parser's call
-    body = raw[start:]
-    if _real_type(msg).startswith("multipart/"):
-        return _fast_multipart(msg, body, depth)
-    msg.set_payload(body.decode("ascii", "surrogateescape"))  # as the feed parser stores it
-    return msg
-
-
-def _tree(raw: bytes) -> Message:
-    """The parsed MIME tree: fast path first, the stdlib feed parser when unsure."""
-    try:
-        msg = _fast_tree(raw)
-    except (LookupError, UnicodeError, ValueError, TypeError):  # odd parameters: let it judge
-        msg = None
-    return msg if msg is not None else _PARSER.parsebytes(raw)
+        if not closed:
+            msg.defects.append(CloseBoundaryNotFoundDefect())  # as the feed parser reports it
+        self.parts_left -= len(chunks)
+        children = [self.tree(chunk, depth + 1) for chunk in chunks]
+        if _real_type(msg) == "multipart/digest":
+            for child in children:
+                child.set_default_type("message/rfc822")  # RFC 2046 §5.1.5
+        msg.set_payload(children)
+        return msg
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -728,17 +764,17 @@ def _message_id(text: str | None, raw: bytes, defects: list[str]) -> tuple[str, 
 
 def _parse(raw: bytes, received_at: datetime) -> ParsedMessage:
     """The real work of ``parse_message``; may raise on input the stdlib chokes on."""
-    msg, defects, leaves = _tree(raw), [], _Leaves()
+    msg, defects, leaves = _TreeBuilder().tree(raw), [], _Leaves()
     _sort_leaves(msg, leaves)
     text, html, charset = _bodies(leaves, defects)
     hint = _header_hint(charset)
     attachments = [_attachment(part, related, hint) for part, related in leaves.others]
-    headers, first = _read_headers(msg, hint)
+    headers, first = _read_headers(msg, hint, defects)
     message_id, generated = _message_id(first.get("message-id"), raw, defects)
     from_ = _addresses(first.get("from"), hint)
     return ParsedMessage(
         message_id=message_id, message_id_generated=generated,
-        subject=_clean(_decode_words(first.get("subject", ""), hint)).strip(),
+        subject=_decoded(first.get("subject", ""), hint),
         from_=from_[0] if from_ else None, to=_addresses(first.get("to"), hint),
         cc=_addresses(first.get("cc"), hint), reply_to=_addresses(first.get("reply-to"), hint),
         date=_parse_date(first.get("date"), received_at, defects),

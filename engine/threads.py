@@ -11,6 +11,7 @@ meet in one thread.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, case, select
@@ -43,7 +44,7 @@ _FIND_BY_SUBJECT = (
     .order_by(_THREADS.c.last_message_at.desc())
     .limit(1)
 )
-_INSERT_THREAD = _THREADS.insert()
+_INSERT_THREADS = _THREADS.insert().returning(_THREADS.c.id, sort_by_parameter_order=True)
 _BUMP_THREAD = _THREADS.update().where(_THREADS.c.id == bindparam("tid")).values(
     message_count=_THREADS.c.message_count + 1,
     last_message_at=case(
@@ -78,41 +79,89 @@ def cited_ids(parsed: ParsedMessage) -> list[str]:
     return [i[:MAX_REF_LENGTH] for i in ids]
 
 
-def resolve_thread(conn: Connection, parsed: ParsedMessage) -> tuple[int | None, str]:
-    """Find the existing thread for ``parsed``; (None, "new") when it starts one."""
-    cited = cited_ids(parsed)
-    if cited:
-        found = dict(conn.execute(_FIND_REFS, {"refs": cited}).all())
-        for ref in cited:
-            if ref in found:
+@dataclass
+class _NewThread:
+    subject: str
+    key: str
+    created_at: datetime
+    last_at: datetime
+    people: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ThreadBatch:
+    """Threads for a group of messages committed together, in a handful of statements.
+
+    ``resolve`` is called once per message in delivery order and returns a slot: an existing
+    thread id (int) or ``("new", n)``; a later message of the same batch can join a thread an
+    earlier one started. ``flush`` writes new threads, refs, participants and counters, and
+    returns the slot → thread id map.
+    """
+
+    conn: Connection
+    refs: dict[str, int | tuple[str, int]] = field(default_factory=dict)
+    added: dict[str, int | tuple[str, int]] = field(default_factory=dict)
+    new: list[_NewThread] = field(default_factory=list)
+    joined: list[tuple[int | tuple[str, int], ParsedMessage]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, conn: Connection, messages: list[ParsedMessage]) -> ThreadBatch:
+        cited = {ref for parsed in messages for ref in cited_ids(parsed)}
+        batch = cls(conn)
+        if cited:
+            batch.refs.update(conn.execute(_FIND_REFS, {"refs": sorted(cited)}).all())
+        return batch
+
+    def resolve(self, parsed: ParsedMessage, now: datetime) -> tuple[int | tuple[str, int], str]:
+        """The message's thread slot and the signal that chose it; records the message."""
+        slot, reason = self._find(parsed)
+        if slot is None:
+            key, _ = normalize_subject(parsed.subject)
+            self.new.append(_NewThread(parsed.subject, key, now, parsed.date))
+            slot, reason = ("new", len(self.new) - 1), REASON_NEW
+        for ref in [parsed.message_id[:MAX_REF_LENGTH], *cited_ids(parsed)]:
+            if ref not in self.refs:
+                self.refs[ref] = self.added[ref] = slot
+        if isinstance(slot, tuple):
+            self.new[slot[1]].people |= parsed.participants
+            self.new[slot[1]].last_at = max(self.new[slot[1]].last_at, parsed.date)
+        self.joined.append((slot, parsed))
+        return slot, reason
+
+    def _find(self, parsed: ParsedMessage) -> tuple[int | tuple[str, int] | None, str]:
+        for ref in cited_ids(parsed):
+            if ref in self.refs:
                 reason = REASON_IN_REPLY_TO if ref == parsed.in_reply_to else REASON_REFERENCES
-                return found[ref], reason
-    return _by_subject(conn, parsed)
+                return self.refs[ref], reason
+        key, is_reply = normalize_subject(parsed.subject)
+        sender = parsed.from_.addr if parsed.from_ else ""
+        if not (key and is_reply and sender):
+            return None, REASON_NEW
+        since = parsed.date - SUBJECT_WINDOW
+        for n in range(len(self.new) - 1, -1, -1):  # a thread started earlier in this batch
+            thread = self.new[n]
+            if thread.key == key and sender in thread.people and thread.last_at >= since:
+                return ("new", n), REASON_SUBJECT
+        params = {"key": key, "since": since, "sender": sender}
+        thread_id = self.conn.execute(_FIND_BY_SUBJECT, params).scalar()
+        return (thread_id, REASON_SUBJECT) if thread_id else (None, REASON_NEW)
 
-
-def _by_subject(conn: Connection, parsed: ParsedMessage) -> tuple[int | None, str]:
-    key, is_reply = normalize_subject(parsed.subject)
-    sender = parsed.from_.addr if parsed.from_ else ""
-    if not (key and is_reply and sender):
-        return None, REASON_NEW
-    params = {"key": key, "since": parsed.date - SUBJECT_WINDOW, "sender": sender}
-    thread_id = conn.execute(_FIND_BY_SUBJECT, params).scalar()
-    return (thread_id, REASON_SUBJECT) if thread_id else (None, REASON_NEW)
-
-
-def create_thread(conn: Connection, parsed: ParsedMessage, now: datetime) -> int:
-    key, _ = normalize_subject(parsed.subject)
-    result = conn.execute(_INSERT_THREAD, {
-        "subject": parsed.subject, "subject_key": key, "created_at": now,
-        "last_message_at": parsed.date, "message_count": 0,
-    })
-    return result.inserted_primary_key[0]
-
-
-def join_thread(conn: Connection, thread_id: int, parsed: ParsedMessage) -> None:
-    """Record the message's ids and people on its thread and bump the thread's activity."""
-    refs = [parsed.message_id[:MAX_REF_LENGTH], *cited_ids(parsed)]
-    insert_ignore(conn, ThreadRef.__table__, [{"ref": r, "thread_id": thread_id} for r in refs])
-    people = [{"thread_id": thread_id, "address": a[:320]} for a in sorted(parsed.participants)]
-    insert_ignore(conn, ThreadParticipant.__table__, people)
-    conn.execute(_BUMP_THREAD, {"tid": thread_id, "at": parsed.date})
+    def flush(self) -> dict[int | tuple[str, int], int]:
+        """Write everything resolved so far; returns slot → thread id."""
+        ids: dict[int | tuple[str, int], int] = {}
+        if self.new:
+            rows = [{"subject": t.subject, "subject_key": t.key, "created_at": t.created_at,
+                     "last_message_at": t.last_at, "message_count": 0} for t in self.new]
+            new_ids = self.conn.execute(_INSERT_THREADS, rows).scalars().all()
+            ids.update({("new", n): tid for n, tid in enumerate(new_ids)})
+        thread_of = lambda slot: ids.get(slot, slot)  # noqa: E731 — tiny local mapping
+        refs = [{"ref": ref, "thread_id": thread_of(slot)} for ref, slot in self.added.items()]
+        insert_ignore(self.conn, _REFS, refs)
+        people = {(thread_of(slot), a[:320]) for slot, p in self.joined for a in p.participants}
+        insert_ignore(self.conn, ThreadParticipant.__table__,
+                      [{"thread_id": t, "address": a} for t, a in sorted(people)])
+        if self.joined:
+            self.conn.execute(_BUMP_THREAD, [{"tid": thread_of(slot), "at": p.date}
+                                             for slot, p in self.joined])
+        ids.update({slot: slot for slot, _ in self.joined if isinstance(slot, int)})
+        return ids

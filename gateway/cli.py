@@ -229,7 +229,7 @@ def message_show(ctx: click.Context, message_id: int, as_json: bool, raw: bool) 
 @click.pass_context
 def message_reprocess(ctx: click.Context, message_ids: tuple[int, ...]) -> None:
     """Run the pipeline again over stored messages (e.g. ones marked for attention)."""
-    from engine.intake import reprocess
+    from engine.deliveries import reprocess
 
     settings = settings_from(ctx.find_root())
     engine = database.make_engine(settings.database_url)

@@ -23,7 +23,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.accounts import AccountDirectory
-from engine.intake import Envelope as IntakeEnvelope
+from engine.deliveries import Envelope as IntakeEnvelope
 from engine.intake import Intake, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, insert, select
 
-from engine.intake import Envelope, Receipt, store_message
+from engine.deliveries import Delivery, Envelope, Receipt, store_batch
 from engine.mime import parse_message
 from engine.store.database import make_engine, upgrade
 from engine.store.models import Account, Message
@@ -177,4 +177,4 @@ def deliver(engine: Engine, raw: bytes, account: int = 1,
     when = when or datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
     env = Envelope("sender@client.test", [(account, "x@example.test")], received_at=when)
     with engine.begin() as conn:
-        return store_message(conn, raw, env, parse_message(raw, when))
+        return store_batch(conn, [Delivery(raw, env, parse_message(raw, when))])[0]

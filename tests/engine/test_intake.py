@@ -8,8 +8,9 @@ import pytest
 from helpers import make_mail
 from sqlalchemy import Engine, func, select
 
-import engine.intake as intake_module
-from engine.intake import Envelope, Intake, StoreUnavailable, reprocess
+import engine.deliveries as deliveries
+from engine.deliveries import Envelope, reprocess
+from engine.intake import Intake, StoreUnavailable
 from engine.store.models import History, Message, MessageAccount
 
 
@@ -49,14 +50,14 @@ def test_redelivery_inside_one_group_is_stored_once(store: Engine) -> None:
 
 def test_a_pipeline_fault_stores_raw_for_attention_and_others_pass(
         store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = intake_module.store_message
+    real = deliveries.message_columns
 
-    def flaky(conn, raw, env, parsed):  # a bug that hits one message only
+    def flaky(parsed):  # a bug that hits one message only
         if parsed.subject == "poison":
             raise ZeroDivisionError("rule bug")
-        return real(conn, raw, env, parsed)
+        return real(parsed)
 
-    monkeypatch.setattr(intake_module, "store_message", flaky)
+    monkeypatch.setattr(deliveries, "message_columns", flaky)
     raws = [make_mail("ok1", message_id="<f1@c>"), make_mail("poison", message_id="<f2@c>"),
             make_mail("ok2", message_id="<f3@c>")]
     receipts = asyncio.run(receive_all(store, raws))
@@ -66,7 +67,7 @@ def test_a_pipeline_fault_stores_raw_for_attention_and_others_pass(
     assert poison.raw == raws[1] and "ZeroDivisionError: rule bug" in poison.error
     assert poison.thread_id is None and poison.state == "queued"
 
-    monkeypatch.setattr(intake_module, "store_message", real)  # the bug is fixed
+    monkeypatch.setattr(deliveries, "message_columns", real)  # the bug is fixed
     with store.begin() as conn:
         reprocess(conn, receipts[1].message_pk)
     with store.connect() as conn:

@@ -154,7 +154,9 @@ def test_plain_message_fields() -> None:
     assert parsed.text == "Hello,\nmy order has not arrived.\n"
     assert parsed.html is None and parsed.charset == "utf-8"
     assert parsed.attachments == [] and parsed.defects == []
-    assert parsed.participants == {"john.doe@example.org", "support@example.com", "sales@example.com"}
+    assert parsed.participants == {
+        "john.doe@example.org", "support@example.com", "sales@example.com"
+    }
 
 
 def test_rfc2047_subject_utf8_base64_and_latin1_q() -> None:
@@ -179,7 +181,9 @@ def test_rfc2047_display_names_and_lowercased_addresses() -> None:
     )
     parsed = parse(raw)
     assert parsed.from_ == mime.Address("Jörg Müller", "joerg@example.de")
-    assert parsed.cc == [mime.Address("René", "rene@example.fr"), mime.Address("Doe, Jane", "j@x.org")]
+    assert parsed.cc == [
+        mime.Address("René", "rene@example.fr"), mime.Address("Doe, Jane", "j@x.org")
+    ]
 
 
 def test_raw_8bit_headers_utf8_and_windows_1252() -> None:
@@ -201,6 +205,11 @@ def test_raw_8bit_subject_follows_the_body_charset() -> None:
     assert parsed.subject == subject and parsed.text == "Здравствуйте"
 
 
+def test_decoded_line_breaks_cannot_inject_headers() -> None:
+    parsed = parse(b"Subject: =?utf-8?q?hi=0D=0ABcc:_evil@example.org?=\n\nx")
+    assert parsed.subject == "hi  Bcc: evil@example.org"
+
+
 def test_headers_are_listed_in_order_and_decoded() -> None:
     raw = b"X-First: one\nSubject: =?utf-8?q?f=C3=BCr?=\n folded\nX-First: two\n\nbody\n"
     assert parse(raw).headers == [("X-First", "one"), ("Subject", "für folded"), ("X-First", "two")]
@@ -220,6 +229,7 @@ def test_malformed_headers_are_salvaged() -> None:
     )
     parsed = parse(raw)
     assert parsed.to == []
+    assert parsed.cc == [mime.Address("", "a@b.example")]
     assert [a.addr for a in parsed.reply_to] == ["a@x.example", "b@y.example"]
     assert parsed.subject.endswith("ok")
     assert parsed.message_id_generated and parsed.date == NOW
@@ -297,7 +307,14 @@ def test_in_reply_to_and_references() -> None:
 
 
 @pytest.mark.parametrize(
-    "date", [b"Date: yesterday-ish\n", b"Date: Mon, 1 Jul 2099 10:00:00 +0000\n", b"Date: 1 Jan 1901\n", b""]
+    "date",
+    [
+        b"Date: yesterday-ish\n",
+        b"Date: Mon, 1 Jul 2099 10:00:00 +0000\n",  # out of range: far future
+        b"Date: 1 Jan 1901\n",  # out of range: before the epoch
+        b"Date: Mon, 1 Jul 2024 10:00:00 +9999\n",  # offset beyond a day
+        b"",
+    ],
 )
 def test_bad_or_missing_date_falls_back_to_received_at(date: bytes) -> None:
     parsed = parse(date + b"Subject: x\n\nbody\n")
@@ -314,7 +331,8 @@ def test_dates_are_utc() -> None:
     )
     naive = parse(b"Subject: x\n\nbody", datetime(2024, 7, 2, 12, 0))
     assert naive.date == NOW
-    local = parse(b"Subject: x\n\nbody", datetime(2024, 7, 2, 14, 0, tzinfo=timezone(timedelta(hours=2))))
+    plus_two = timezone(timedelta(hours=2))
+    local = parse(b"Subject: x\n\nbody", datetime(2024, 7, 2, 14, 0, tzinfo=plus_two))
     assert local.date == NOW
 
 
@@ -390,7 +408,7 @@ def test_nul_and_lone_surrogates_never_leave_the_parser() -> None:
 
 
 def test_base64_body_and_line_endings() -> None:
-    body = base64.encodebytes("Line one\r\nLine two é\r\n".encode("utf-8"))
+    body = base64.encodebytes("Line one\r\nLine two é\r\n".encode())
     raw = b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n" + body
     assert parse(raw).text == "Line one\nLine two é\n"
 
@@ -424,7 +442,7 @@ def test_alternative_prefers_plain_and_keeps_html() -> None:
 def test_empty_plain_part_yields_to_html() -> None:
     raw = ALTERNATIVE.replace(b"Hello plain =E2=82=AC\r\n", b"  \r\n")
     parsed = parse(raw)
-    assert parsed.text.strip() == "Hello **HTML**" or "Hello HTML" in parsed.text
+    assert parsed.text == "Hello HTML\n" and parsed.charset == "utf-8"
 
 
 # --- attachments -------------------------------------------------------------------------------
@@ -524,14 +542,22 @@ def test_deep_nesting_is_cut_off() -> None:
     )
     closing = b"".join(b"\n--b%d--\n" % i for i in reversed(range(depth)))
     parsed = parse(opening + b"Content-Type: text/plain\n\ndeep" + closing)
-    assert any("too deep" in d for d in parsed.defects)
+    assert any("deeper than" in d for d in parsed.defects)
+    assert parsed.text == ""
+
+
+def test_part_count_is_bounded() -> None:
+    raw = b'Content-Type: multipart/mixed; boundary="b"\n\n' + b"--b\n\nx\n" * 5000 + b"--b--\n"
+    parsed = parse(raw)
+    assert parsed.text == "x" and len(parsed.attachments) < 1000
+    assert any("parts" in d for d in parsed.defects)
 
 
 def test_last_resort_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(raw: bytes) -> None:
+    def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mime, "_tree", broken)
+    monkeypatch.setattr(mime, "_sort_leaves", broken)
     parsed = parse_message(PLAIN, datetime(2024, 7, 2, 12, 0))
     assert parsed.defects[0].startswith(FALLBACK_DEFECT) and "boom" in parsed.defects[0]
     assert parsed.message_id_generated and parsed.date == NOW
@@ -624,7 +650,7 @@ def test_cpython_corpus_matches_stdlib() -> None:
 def test_fast_path_agrees_with_the_feed_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     raws = [p.read_bytes() for p in CORPUS] + SAMPLES
     fast = [parse_message(raw, NOW) for raw in raws]
-    monkeypatch.setattr(mime, "_fast_tree", lambda raw, depth=0: None)
+    monkeypatch.setattr(mime._TreeBuilder, "_fast", lambda self, raw, depth: None)
     for raw, quick in zip(raws, fast, strict=True):
         slow = parse_message(raw, NOW)
         quick.defects = slow.defects = []

@@ -1,0 +1,222 @@
+"""Writing deliveries into the store: recognise redeliveries, thread, insert (pipeline step 4).
+
+``store_batch`` stores a group of parsed deliveries inside the caller's transaction with a
+handful of statements for the whole group (SQLAlchemy's per-statement cost is several times
+SQLite's, so per-message statements would cap the gateway). ``store_raw`` keeps the bytes of a
+message the pipeline could not handle; ``reprocess`` replays the pipeline over stored bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from engine.mime import ParsedMessage, parse_message
+from engine.store.models import Attachment, Blob, History, Message, MessageAccount
+from engine.store.sql import insert_ignore
+from engine.threads import ThreadBatch
+
+_MESSAGES = Message.__table__
+_FIND_KEYS = select(_MESSAGES.c.dedupe_key, _MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
+    _MESSAGES.c.dedupe_key.in_(bindparam("keys", expanding=True)))
+_INSERT_MESSAGES = _MESSAGES.insert().returning(_MESSAGES.c.id, sort_by_parameter_order=True)
+_INSERT_HISTORY = History.__table__.insert()
+_INSERT_ATTACHMENTS = Attachment.__table__.insert()
+_GET_MESSAGE = select(_MESSAGES).where(_MESSAGES.c.id == bindparam("pk"))
+_UPDATE_MESSAGE = _MESSAGES.update().where(_MESSAGES.c.id == bindparam("pk"))
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the transport knows about a delivery besides the bytes."""
+
+    mail_from: str
+    recipients: list[tuple[int, str]]  # (account id, envelope recipient) — at least one
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    received_header: str = ""  # our trace line, kept beside the byte-exact raw message
+    protocol: str = "SMTP"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message handed to the store: bytes, envelope and the parse result."""
+
+    raw: bytes
+    envelope: Envelope
+    parsed: ParsedMessage
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The outcome reported back to the sender: the queue id for the 250 reply."""
+
+    message_pk: int
+    duplicate: bool
+    needs_attention: bool
+
+    @property
+    def queue_id(self) -> str:
+        return str(self.message_pk)
+
+
+def dedupe_key(message_id: str, body_hash: str) -> str:
+    """Same Message-ID and same body → same key: a redelivery, not a new message."""
+    return hashlib.sha256(f"{message_id}\0{body_hash}".encode()).hexdigest()
+
+
+def raw_key(raw: bytes) -> str:
+    """The key of a message that could not even be parsed: its bytes."""
+    return hashlib.sha256(b"raw\0" + raw).hexdigest()
+
+
+def store_batch(conn: Connection, deliveries: list[Delivery]) -> list[Receipt]:
+    """Store deliveries (in order) in the caller's transaction; one receipt each."""
+    keys = [dedupe_key(d.parsed.message_id, d.parsed.body_hash) for d in deliveries]
+    known = {row.dedupe_key: row for row in conn.execute(_FIND_KEYS, {"keys": keys})}
+    threads = ThreadBatch.load(conn, [d.parsed for d in deliveries])
+    fresh: dict[str, int] = {}  # key → index in ``rows``
+    rows: list[dict[str, Any]] = []
+    slots: list[Any] = []
+    plan: list[tuple[str, Any]] = []  # ("known", key) | ("new", row index) | ("again", index)
+    for key, d in zip(keys, deliveries, strict=True):
+        if key in known or key in fresh:  # a redelivery, maybe within this very batch
+            plan.append(("known", key) if key in known else ("again", fresh[key]))
+            continue
+        slot, reason = threads.resolve(d.parsed, d.envelope.received_at)
+        fresh[key] = len(rows)
+        plan.append(("new", len(rows)))
+        rows.append(message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
+                    | {"thread_reason": reason})
+        slots.append(slot)
+    thread_ids = threads.flush()
+    for row, slot in zip(rows, slots, strict=True):
+        row["thread_id"] = thread_ids[slot]
+    pks = conn.execute(_INSERT_MESSAGES, rows).scalars().all() if rows else []
+    receipts = [Receipt(known[ref].id, True, known[ref].needs_attention) if kind == "known"
+                else Receipt(pks[ref], kind == "again", False) for kind, ref in plan]
+    _record_accounts(conn, [(r.message_pk, d.envelope)
+                            for r, d in zip(receipts, deliveries, strict=True)])
+    new = [(pks[ref], deliveries[i], rows[ref]) for i, (kind, ref) in enumerate(plan)
+           if kind == "new"]
+    _store_attachments(conn, [(pk, d.parsed) for pk, d, _ in new])
+    _history(conn, [(pk, row["thread_id"], d.envelope, "received",
+                     {"thread_reason": row["thread_reason"]}) for pk, d, row in new])
+    return receipts
+
+
+def store_raw(conn: Connection, raw: bytes, envelope: Envelope, error: str,
+              parsed: ParsedMessage | None) -> Receipt:
+    """Keep the bytes of a message the pipeline could not handle, flagged with the error."""
+    key = dedupe_key(parsed.message_id, parsed.body_hash) if parsed else raw_key(raw)
+    row = conn.execute(_FIND_KEYS, {"keys": [key]}).first()
+    if row is not None:
+        _record_accounts(conn, [(row.id, envelope)])
+        return Receipt(row.id, duplicate=True, needs_attention=row.needs_attention)
+    values = _envelope_columns(raw, envelope, key) | {
+        "message_id_header": parsed.message_id if parsed else f"<{key[:32]}@postdesk.invalid>",
+        "subject": _text(parsed.subject) if parsed else "",
+        "date": envelope.received_at,
+        "needs_attention": True,
+        "error": error,
+    }
+    [pk] = conn.execute(_INSERT_MESSAGES, [values]).scalars().all()
+    _record_accounts(conn, [(pk, envelope)])
+    _history(conn, [(pk, None, envelope, "received", {"needs_attention": True})])
+    return Receipt(pk, duplicate=False, needs_attention=True)
+
+
+def reprocess(conn: Connection, message_pk: int) -> Receipt:
+    """Run the pipeline again over a stored message's raw bytes (after a fix)."""
+    row = conn.execute(_GET_MESSAGE, {"pk": message_pk}).one_or_none()
+    if row is None:
+        raise LookupError(f"no message {message_pk}")
+    parsed = parse_message(row.raw, row.received_at)
+    values = message_columns(parsed) | {"needs_attention": False, "error": None}
+    if row.thread_id is None:
+        threads = ThreadBatch.load(conn, [parsed])
+        slot, values["thread_reason"] = threads.resolve(parsed, row.received_at)
+        values["thread_id"] = threads.flush()[slot]
+    key = dedupe_key(parsed.message_id, parsed.body_hash)
+    if conn.execute(_FIND_KEYS, {"keys": [key]}).first() is None:
+        values["dedupe_key"] = key  # so a later redelivery is recognised
+    conn.execute(_UPDATE_MESSAGE, {"pk": message_pk, **values})
+    if conn.execute(select(Attachment.id).where(Attachment.message_id == message_pk)).first() \
+            is None:
+        _store_attachments(conn, [(message_pk, parsed)])
+    envelope = Envelope(row.envelope_from, [(row.account_id, "")])
+    _history(conn, [(message_pk, values.get("thread_id", row.thread_id), envelope,
+                     "reprocessed", {"thread_reason": values.get("thread_reason")})])
+    return Receipt(message_pk, duplicate=False, needs_attention=False)
+
+
+def _text(value: str) -> str:
+    """Text columns can't hold NUL on PostgreSQL; mail sometimes has one (raw keeps it)."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def message_columns(parsed: ParsedMessage) -> dict[str, Any]:
+    """The parsed facts kept as columns for queries."""
+    return {
+        "message_id_header": _text(parsed.message_id),
+        "subject": _text(parsed.subject),
+        "from_addr": _text(parsed.from_.addr) if parsed.from_ else "",
+        "from_name": _text(parsed.from_.name) if parsed.from_ else "",
+        "to_addrs": [a.addr for a in parsed.to],
+        "cc_addrs": [a.addr for a in parsed.cc],
+        "in_reply_to": parsed.in_reply_to,
+        "date": parsed.date,
+        "charset": parsed.charset,
+        "body_text": _text(parsed.text),
+        "body_html": _text(parsed.html) if parsed.html is not None else None,
+        "defects": parsed.defects[:20],
+    }
+
+
+def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, Any]:
+    return {
+        "dedupe_key": key,
+        "account_id": envelope.recipients[0][0],
+        "state": "queued",
+        "received_at": envelope.received_at,
+        "size": len(raw),
+        "envelope_from": envelope.mail_from,
+        "received_header": envelope.received_header,
+        "raw": raw,
+        "needs_attention": False,
+        "error": None,
+    }
+
+
+def _record_accounts(conn: Connection, items: list[tuple[int, Envelope]]) -> None:
+    rows = {(pk, acc): rcpt for pk, env in items for acc, rcpt in env.recipients}
+    insert_ignore(conn, MessageAccount.__table__, [
+        {"message_id": pk, "account_id": acc, "recipient": rcpt}
+        for (pk, acc), rcpt in rows.items()])
+
+
+def _store_attachments(conn: Connection, items: list[tuple[int, ParsedMessage]]) -> None:
+    blobs, rows = {}, []
+    for pk, parsed in items:
+        for att in parsed.attachments:
+            digest = hashlib.sha256(att.data).hexdigest()
+            blobs[digest] = {"sha256": digest, "size": len(att.data), "data": att.data}
+            rows.append({"message_id": pk, "blob_sha256": digest, "filename": att.filename,
+                         "content_type": att.content_type, "disposition": att.disposition,
+                         "content_id": att.content_id, "size": len(att.data)})
+    if rows:
+        insert_ignore(conn, Blob.__table__, list(blobs.values()))
+        conn.execute(_INSERT_ATTACHMENTS, rows)
+
+
+def _history(conn: Connection,
+             items: list[tuple[int, int | None, Envelope, str, dict[str, Any]]]) -> None:
+    rows = [{"message_id": pk, "thread_id": thread_id, "account_id": env.recipients[0][0],
+             "action": action, "resource": "system", "reason_code": None,
+             "detail": {**detail, "protocol": env.protocol}, "created_at": env.received_at}
+            for pk, thread_id, env, action, detail in items]
+    if rows:
+        conn.execute(_INSERT_HISTORY, rows)
