@@ -221,7 +221,8 @@ class Settings(Strict):
         return type(base).model_validate({**base.model_dump(by_alias=True), **overrides})
 
 
-def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(path: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
     """Load ``path`` (or ``$POSTDESK_CONFIG``), apply env overrides, validate everything."""
     environ = dict(os.environ if environ is None else environ)
     path = Path(path or environ.get("POSTDESK_CONFIG") or "postdesk.yaml")

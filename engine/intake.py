@@ -24,6 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine.deliveries import Delivery, Envelope, Receipt, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
+from engine.store.database import writer
 
 log = logging.getLogger(__name__)
 # The database itself failed (unreachable, locked past the busy timeout, disk full): the
@@ -48,7 +49,7 @@ class Intake:
     """Parse, thread and store inbound mail with group commit; see the module docstring."""
 
     def __init__(self, engine: Engine, *, max_batch: int = 64):
-        self.engine = engine
+        self.engine = writer(engine)
         self.max_batch = max_batch
         self._queue: asyncio.Queue[tuple[_Job, asyncio.Future[Receipt]]] | None = None
         self._task: asyncio.Task[None] | None = None

@@ -658,9 +658,9 @@ def _line_starts(body: bytes, sep: bytes) -> Iterator[int]:
         at = body.find(b"\n" + sep, at + 1)
 
 
-def _delimiters(body: bytes, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+def _delimiters(body: bytes, boundary: bytes, limit: int) -> tuple[list[tuple[int, int]], bool]:
     """(start, end of line) of each delimiter line (RFC 2046 §5.1.1) up to the close
-    delimiter, and whether that close delimiter was found."""
+    delimiter, and whether that close delimiter was found (or ``limit`` parts were)."""
     found: list[tuple[int, int]] = []
     sep = b"--" + boundary
     for start in _line_starts(body, sep):
@@ -669,7 +669,7 @@ def _delimiters(body: bytes, boundary: bytes) -> tuple[list[tuple[int, int]], bo
         tail = body[start + len(sep) : end].rstrip(b" \t\r")
         if tail in (b"", b"--"):
             found.append((start, end))
-            if tail:
+            if tail or len(found) > limit:
                 return found, True
     return found, False
 
@@ -685,13 +685,13 @@ def _split_parts(body: bytes, boundary: str, limit: int) -> tuple[list[bytes], b
     """Up to ``limit`` body parts of a multipart body (preamble and epilogue dropped), and
     whether it was closed; an unclosed one runs to the end, as in the feed parser."""
     try:
-        lines, closed = _delimiters(body, boundary.encode("ascii"))
+        lines, closed = _delimiters(body, boundary.encode("ascii"), limit)
     except UnicodeEncodeError:
         return [], False
     if not closed:
         lines.append((len(body), len(body)))
     parts = []
-    for (_, opening_end), (closing, _) in zip(lines[: limit + 1], lines[1 : limit + 1], strict=False):
+    for (_, opening_end), (closing, _) in zip(lines, lines[1:], strict=False):
         start = opening_end + 1
         if closing <= start:
             return [], closed  # delimiter after delimiter: the feed parser has its own rules
@@ -730,7 +730,12 @@ class _TreeBuilder:
     def _multipart(self, msg: Message, body: bytes, depth: int) -> Message | None:
         """Fill a multipart's children from its body; None when it is not well formed."""
         boundary = msg.get_boundary()
-        chunks, closed = _split_parts(body, boundary, max(self.parts_left, 1)) if boundary else ([], False)
+        if not boundary:
+            return None
+        if self.parts_left <= 0:  # over the budget: an empty multipart, noted by _sort_leaves
+            msg.set_payload([])
+            return msg
+        chunks, closed = _split_parts(body, boundary, self.parts_left)
         if not chunks:
             return None
         if not closed:

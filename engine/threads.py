@@ -73,7 +73,7 @@ def normalize_subject(subject: str) -> tuple[str, bool]:
 
 
 def cited_ids(parsed: ParsedMessage) -> list[str]:
-    """Message-IDs a message points at, strongest first: In-Reply-To, then References newest first."""
+    """Message-IDs a message cites, strongest first: In-Reply-To, then References newest first."""
     ids = [parsed.in_reply_to] if parsed.in_reply_to else []
     ids += [r for r in reversed(parsed.references) if r not in ids]
     return [i[:MAX_REF_LENGTH] for i in ids]

@@ -73,7 +73,7 @@ def init(instance: str) -> None:
     database.upgrade(settings.database_url)
     password = generate_password()
     engine = database.make_engine(settings.database_url)
-    with database.session_factory(engine).begin() as session:
+    with database.session_factory(database.writer(engine)).begin() as session:
         create_user(session, "admin", password, is_admin=True)
     engine.dispose()
     click.echo(f"postdesk: new instance in {target}/ (database {settings.database_url})")
@@ -121,7 +121,7 @@ def config_check(ctx: click.Context) -> None:
 
 def _session(ctx: click.Context) -> Any:
     settings = settings_from(ctx.find_root())
-    engine = database.make_engine(settings.database_url)
+    engine = database.writer(database.make_engine(settings.database_url))
     return database.session_factory(engine)()
 
 
@@ -209,7 +209,8 @@ def message_show(ctx: click.Context, message_id: int, as_json: bool, raw: bool) 
         accounts = dict(session.execute(select(Account.id, Account.name)).all())
         item = _summary(msg, accounts, _accounts_of(session, [msg.id]).get(msg.id, []))
         item |= {"to": msg.to_addrs, "cc": msg.cc_addrs, "in_reply_to": msg.in_reply_to,
-                 "charset": msg.charset, "text": msg.body_text, "has_html": msg.body_html is not None,
+                 "charset": msg.charset, "text": msg.body_text,
+                 "has_html": msg.body_html is not None,
                  "error": msg.error, "defects": msg.defects,
                  "attachments": [{"filename": a.filename, "content_type": a.content_type,
                                   "size": a.size, "disposition": a.disposition}
@@ -232,7 +233,7 @@ def message_reprocess(ctx: click.Context, message_ids: tuple[int, ...]) -> None:
     from engine.deliveries import reprocess
 
     settings = settings_from(ctx.find_root())
-    engine = database.make_engine(settings.database_url)
+    engine = database.writer(database.make_engine(settings.database_url))
     failed = 0
     for message_id in message_ids:
         try:

@@ -14,11 +14,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, insert, select
 

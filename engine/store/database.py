@@ -45,6 +45,20 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine, but SQLite transactions take the write lock when they begin.
+
+    A deferred transaction that reads and then writes fails at once with "database is locked"
+    if another process wrote meanwhile; an IMMEDIATE one waits its turn (busy_timeout).
+    Readers keep deferred transactions, so they never block the gateway's writer.
+    """
+    return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
 def _ensure_sqlite_dir(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
@@ -58,23 +72,20 @@ def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) 
         _ensure_sqlite_dir(sync_url)
         engine = create_engine(sync_url, connect_args={"timeout": busy_timeout_ms / 1000})
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
-        # IMMEDIATE: take the write lock up front so two writers queue on busy_timeout
-        # instead of failing with "database is locked" when a reader upgrades.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(sync_url, pool_size=pool_size, pool_pre_ping=True)
 
 
-def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) -> AsyncEngine:
+def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000,
+                      pool_size: int = 5) -> AsyncEngine:
     """An async engine (aiosqlite / asyncpg) over the same schema."""
     async_url = driver_url(url, async_=True)
     if make_url(async_url).get_backend_name() == "sqlite":
         _ensure_sqlite_dir(async_url)
         engine = create_async_engine(async_url)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
-        event.listen(
-            engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE")
-        )
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(async_url, pool_size=pool_size, pool_pre_ping=True)
 

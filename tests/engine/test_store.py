@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -47,8 +48,6 @@ def test_driver_urls() -> None:
 
 
 def test_models_work_from_async_code(store: Engine) -> None:
-    from datetime import UTC, datetime
-
     when = datetime(2026, 11, 22, 8, 30, tzinfo=UTC)
     with store.begin() as conn:
         conn.execute(insert(Message).values(
@@ -69,3 +68,15 @@ def test_states_split_into_active_and_settled() -> None:
     assert {s.value for s in ACTIVE_STATES} == {"queued", "assigned", "draft"}
     assert {s.value for s in SETTLED_STATES} == {
         "resolved", "sent", "deleted", "redirected", "auto_replied"}
+
+
+def test_readers_do_not_take_the_write_lock(store: Engine) -> None:
+    """A long read (console page, health check) must not stall the gateway's commits."""
+    from engine.store.database import writer
+
+    with store.connect() as reader:
+        reader.exec_driver_sql("SELECT count(*) FROM messages").scalar()  # read txn open
+        with writer(store).begin() as conn:
+            conn.execute(insert(Message).values(
+                dedupe_key="k2", message_id_header="<b@c>", account_id=1, raw=b"y",
+                date=datetime(2026, 1, 1, tzinfo=UTC)))
