@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.errors import CloseBoundaryNotFoundDefect
+from email.errors import CloseBoundaryNotFoundDefect, MessageDefect
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
@@ -97,6 +97,7 @@ class _RawMessage(Message):
     """
 
     def get_content_type(self) -> str:
+        """The declared type, except message/* which passes for opaque bytes."""
         ctype = super().get_content_type()
         return "application/octet-stream" if ctype.startswith("message/") else ctype
 
@@ -114,6 +115,9 @@ _HEAD_PARSER = BytesHeaderParser(_class=_RawMessage, policy=compat32)
 _MAX_DEPTH = 40  # MIME nesting
 _MAX_PARTS = 1000  # MIME parts in one mail
 _MAX_HEADER_CHARS = 32768  # one header value (a References line of ~500 ids)
+# What the email package raises on hostile parameters (a NUL in an RFC 2231 charset, mixed
+# continuation numbering), where it should have noted a defect instead.
+_STDLIB_FAULTS = (LookupError, UnicodeError, ValueError, TypeError, IndexError)
 _FUTURE_SLACK = timedelta(days=1)  # sender clocks and zone mistakes; beyond is out of range
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NESTED_TYPES = frozenset({"message/rfc822", "message/global"})
@@ -520,7 +524,7 @@ def _payload(part: Message) -> bytes:
     """The part's content with its Content-Transfer-Encoding undone."""
     try:
         data = part.get_payload(decode=True)
-    except (ValueError, TypeError, LookupError):  # odd uuencode and the like: keep it raw
+    except _STDLIB_FAULTS:  # odd uuencode and the like: keep it raw
         data = part.get_payload(decode=False)
         data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else None
     return data if isinstance(data, bytes) else b""
@@ -530,7 +534,7 @@ def _part_charset(part: Message, data: bytes) -> str | None:
     """The declared charset; HTML without a usable one may name it in a <meta> tag."""
     try:
         label = _clean_label(part.get_content_charset())
-    except (LookupError, UnicodeError, ValueError):
+    except _STDLIB_FAULTS:
         label = None
     if _codec_name(label) is None and _real_type(part) == "text/html":
         meta = _META_CHARSET.search(data, 0, 4096)
@@ -583,7 +587,7 @@ def _filename(part: Message, hint: str | None) -> str | None:
     """Attachment name: RFC 2231 (charset, continuations) or RFC 2047 form; basename only."""
     try:
         value = _param_view(part, hint).get_filename()
-    except (LookupError, UnicodeError, ValueError, TypeError):
+    except _STDLIB_FAULTS:
         return None
     if not value:
         return None
@@ -711,9 +715,16 @@ class _TreeBuilder:
         """The parsed entity (a whole mail or one body part)."""
         try:
             msg = self._fast(raw, depth)
-        except (LookupError, UnicodeError, ValueError, TypeError):  # odd parameters
+        except _STDLIB_FAULTS:
             msg = None
-        return msg if msg is not None else _PARSER.parsebytes(raw)
+        if msg is not None:
+            return msg
+        try:
+            return _PARSER.parsebytes(raw)
+        except _STDLIB_FAULTS as exc:  # headers still count; the body is kept as one text
+            msg = _HEAD_PARSER.parsebytes(raw)
+            msg.defects.append(MessageDefect(f"MIME structure unreadable ({exc}); body kept whole"))
+            return msg
 
     def _fast(self, raw: bytes, depth: int) -> Message | None:
         """The entity split without the feed parser; None when it had better judge."""

@@ -68,6 +68,7 @@ class IntakeHandler:
         self.stats = stats
         self.lmtp = lmtp
         self.connections: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._boot = secrets.token_hex(4)
 
     def in_transaction(self) -> int:
         """Open connections between MAIL FROM and the end of DATA (drained on shutdown)."""
@@ -135,8 +136,13 @@ class IntakeHandler:
         rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
         for_part = f"\r\n\tfor <{rcpt}>" if rcpt else ""
         return (f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (Postdesk) with "
-                f"{proto} id {secrets.token_hex(6)}{for_part};\r\n\t"
+                f"{proto} id {self._trace_id()}{for_part};\r\n\t"
                 f"{format_datetime(datetime.now(UTC))}\r\n")
+
+    def _trace_id(self) -> str:
+        # unique per process and delivery; a counter, because os.urandom costs a syscall
+        self._traces = getattr(self, "_traces", 0) + 1
+        return f"{self._boot}{self._traces:x}"
 
     async def handle_exception(self, error: Exception) -> str:
         # our own faults must make the MTA retry, never bounce (aiosmtpd would answer 500)

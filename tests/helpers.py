@@ -57,7 +57,7 @@ gateway:
   lmtp_listen: 127.0.0.1:{lmtp}
   http_listen: 127.0.0.1:{http}
   hostname: postdesk.test
-  max_message_size: {max_size}
+{gateway_extra}  max_message_size: {max_size}
   allowed_networks: {networks}
 accounts:
   - name: support
@@ -88,11 +88,13 @@ class Instance:
         return f"sqlite:///{self.dir / 'postdesk.db'}"
 
     def write(self, *, max_size: int = 1_000_000, networks: str = "[127.0.0.0/8]",
-              busy_timeout_ms: int = 10_000, extra: str = "") -> Instance:
+              busy_timeout_ms: int = 10_000, extra: str = "",
+              gateway_extra: str = "") -> Instance:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(CONFIG.format(
             db_url=self.db_url, smtp=self.smtp, lmtp=self.lmtp, http=self.http,
             max_size=max_size, networks=networks, busy_timeout_ms=busy_timeout_ms,
+            gateway_extra=gateway_extra,
         ) + textwrap.dedent(extra))
         return self
 

@@ -164,6 +164,7 @@ def test_rfc2047_subject_utf8_base64_and_latin1_q() -> None:
         b"Subject: =?UTF-8?B?UsOpcG9uc2Ug8J+Yig==?= =?iso-8859-1?Q?caf=E9_cr=E8me?=\n"
         b" and more\n\nbody\n"
     )
+    # the space between two adjacent encoded-words is not text (RFC 2047 §6.2)
     assert parse(raw).subject == "Réponse 😊café crème and more"
 
 

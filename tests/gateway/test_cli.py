@@ -1,0 +1,80 @@
+"""The ``postdesk`` command line: init, JSON listing, show, reprocess, users."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from helpers import POSTDESK, ROOT, Instance, make_mail
+from sqlalchemy import update
+
+from engine.store.models import Message
+
+
+def test_init_creates_a_working_instance_once(tmp_path: Path) -> None:
+    target = tmp_path / "var"
+    first = subprocess.run([*POSTDESK, "init", "--instance", str(target)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, check=True)
+    assert "admin user 'admin', password: " in first.stdout
+    assert {p.name for p in target.iterdir()} >= {"postdesk.yaml", "rules.yaml", "postdesk.db"}
+    users = subprocess.run([*POSTDESK, "--config", str(target / "postdesk.yaml"), "user", "list",
+                            "--json"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert json.loads(users.stdout) == [{"id": 1, "username": "admin", "admin": True,
+                                         "active": True}]
+    again = subprocess.run([*POSTDESK, "init", "--instance", str(target)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, check=True)
+    assert "already initialised" in again.stdout and "password" not in again.stdout
+
+
+def test_message_list_and_show_json(gateway: Instance) -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", gateway.smtp, timeout=30) as smtp:
+        smtp.sendmail("a@client.test", ["support@example.test"],
+                      make_mail("For support", sender="a@client.test", message_id="<cli-1@c>"))
+        smtp.sendmail("b@client.test", ["sales@example.test"],
+                      make_mail("For sales", sender="b@client.test", message_id="<cli-2@c>"))
+    sales = gateway.cli_json("message", "list", "--account", "sales")
+    assert [m["subject"] for m in sales] == ["For sales"]
+    item = sales[0]
+    assert set(item) >= {"id", "account", "from", "subject", "date", "state", "thread", "size"}
+    assert (item["account"], item["from"], item["state"]) == ("sales", "b@client.test", "queued")
+    assert gateway.cli_json("message", "list", "--state", "resolved") == []
+    shown = gateway.cli_json("message", "show", str(item["id"]))
+    assert shown["text"].strip() == "Hi there." and shown["to"] == ["support@example.test"]
+    raw = subprocess.run([*POSTDESK, "--config", str(gateway.config), "message", "show",
+                          str(item["id"]), "--raw"], cwd=ROOT, capture_output=True, timeout=60)
+    assert raw.stdout.startswith(b"Received: from ") and raw.stdout.endswith(b"Hi there.\r\n")
+    missing = gateway.cli("message", "show", "999999", check=False)
+    assert missing.returncode != 0 and "no message 999999" in missing.stderr
+
+
+def test_reprocess_clears_attention(gateway: Instance) -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", gateway.smtp, timeout=30) as smtp:
+        smtp.sendmail("a@client.test", ["support@example.test"],
+                      make_mail("Needs a look", message_id="<cli-3@c>"))
+    [msg] = [m for m in gateway.messages() if m.message_id_header == "<cli-3@c>"]
+    with gateway.engine.begin() as conn:  # as the pipeline leaves a message it failed on
+        conn.execute(update(Message).where(Message.id == msg.id).values(
+            needs_attention=True, error="Traceback: boom", thread_id=None))
+    flagged = gateway.cli_json("message", "list", "--attention")
+    assert [m["id"] for m in flagged] == [msg.id]
+    result = gateway.cli("message", "reprocess", str(msg.id))
+    assert f"message {msg.id} reprocessed" in result.stdout
+    assert gateway.cli_json("message", "list", "--attention") == []
+    shown = gateway.cli_json("message", "show", str(msg.id))
+    assert shown["error"] is None and shown["thread"] is not None
+
+
+def test_user_add_hashes_the_password(gateway: Instance) -> None:
+    out = gateway.cli("user", "add", "agent1", "--password", "s3cret-pass").stdout
+    assert "agent1" in out
+    with gateway.engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "SELECT password_hash FROM users WHERE username='agent1'").scalar()
+    assert "s3cret-pass" not in stored and stored.startswith("scrypt:")
+    dup = gateway.cli("user", "add", "agent1", check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
