@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 
 from engine.config import Settings
+from engine.store.database import writer
 from engine.store.models import Account
 
 
@@ -35,7 +36,7 @@ class AccountDirectory:
 
 def sync_accounts(engine: Engine, settings: Settings) -> AccountDirectory:
     """Insert or update every configured account; returns the directory for the gateway."""
-    with engine.begin() as conn:
+    with writer(engine).begin() as conn:  # several workers may start at once
         existing = {row.name: row.id for row in conn.execute(select(Account.id, Account.name))}
         for acc in settings.accounts:
             values = {

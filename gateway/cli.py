@@ -88,7 +88,7 @@ def serve(ctx: click.Context) -> None:
 
     settings = settings_from(ctx)
     database.upgrade(settings.database_url)
-    run(settings)
+    sys.exit(run(settings))
 
 
 @main.group()

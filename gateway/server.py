@@ -1,18 +1,23 @@
-"""Starts the services of ``postdesk serve`` on one asyncio loop and stops them cleanly.
+"""Starts the services of ``postdesk serve`` and stops them cleanly.
 
-SMTP and LMTP listeners and the HTTP health endpoint share the loop; the intake writer thread
-commits messages. On SIGTERM/SIGINT the listeners stop accepting, in-flight DATA transactions
-finish (their 250s are sent), pending commits drain, and the process exits.
+The listening sockets are bound once, up front (a taken port fails before anything runs);
+then one or more worker processes (``gateway.workers``) each run the SMTP and LMTP listeners
+on one asyncio loop with their own intake writer thread; worker 0 also serves /healthz. On
+SIGTERM/SIGINT the listeners stop accepting, in-flight transactions finish (their 250s are
+sent), pending commits drain, and the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +38,11 @@ SWITCH_INTERVAL = float(os.environ.get("POSTDESK_SWITCH_INTERVAL", "0.0005"))
 class Gateway:
     """The running services of one process; ``run`` blocks until a stop signal."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None):
+    def __init__(self, settings: Settings, sockets: dict[str, socket.socket], *,
+                 engine: Engine | None = None, http: bool = True, worker: int = 0):
         self.settings = settings
+        self.sockets = sockets if http else {k: v for k, v in sockets.items() if k != "http"}
+        self.worker = worker
         self.engine = engine or make_engine(
             settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms,
             pool_size=settings.database.pool_size,
@@ -50,24 +58,21 @@ class Gateway:
         await self.intake.start()
         gw = self.settings.gateway
         tls = tls_context(str(gw.starttls.cert), str(gw.starttls.key)) if gw.starttls else None
-        for name, listen, lmtp in (("smtp", gw.smtp_listen, False),
-                                   ("lmtp", gw.lmtp_listen, True)):
-            where = parse_listen(listen)
-            if where is None:
+        for name in ("smtp", "lmtp"):
+            if name not in self.sockets:
                 continue
-            handler = IntakeHandler(self.intake, directory, gw.hostname, self.stats, lmtp=lmtp)
+            handler = IntakeHandler(self.intake, directory, gw.hostname, self.stats,
+                                    lmtp=name == "lmtp")
             self.handlers.append(handler)
             self.servers[name] = await start_listener(
-                handler, *where, networks=gw.networks(), size_limit=gw.max_message_size,
-                hostname=gw.hostname, tls=tls, timeout=gw.timeout,
+                handler, self.sockets[name], networks=gw.networks(),
+                size_limit=gw.max_message_size, hostname=gw.hostname, tls=tls,
+                timeout=gw.timeout,
             )
-        http = parse_listen(gw.http_listen)
-        if http is not None:
-            self.servers["http"] = await asyncio.start_server(self._http, *http)
-        for name, server in self.servers.items():
-            host, port = server.sockets[0].getsockname()[:2]
-            log.info("listening %s on %s:%s", name, host, port)
-            print(f"postdesk: {name} listening on {host}:{port}", flush=True)
+        if "http" in self.sockets:
+            self.servers["http"] = await asyncio.start_server(self._http,
+                                                              sock=self.sockets["http"])
+        log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight transactions finish, drain commits."""
@@ -133,10 +138,52 @@ class Gateway:
             writer.close()
 
 
-def serve(settings: Settings) -> None:
-    """Run all services until SIGTERM (``postdesk serve``)."""
+def bind_sockets(settings: Settings, retry_seconds: float = 5.0) -> dict[str, socket.socket]:
+    """Bind every configured listener now; a port still held by a stopping predecessor
+    is retried for a few seconds, any other error is raised at once."""
+    gw = settings.gateway
+    wanted = {name: parse_listen(listen) for name, listen in
+              (("smtp", gw.smtp_listen), ("lmtp", gw.lmtp_listen), ("http", gw.http_listen))}
+    sockets: dict[str, socket.socket] = {}
+    for name, where in wanted.items():
+        if where is not None:
+            sockets[name] = _bind(*where, retry_seconds)
+            host, port = sockets[name].getsockname()[:2]
+            print(f"postdesk: {name} listening on {host}:{port}", flush=True)
+    return sockets
+
+
+def _bind(host: str, port: int, retry_seconds: float) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    deadline = time.monotonic() + retry_seconds
+    while True:
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=1024,
+                                        reuse_port=False)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def serve(settings: Settings) -> int:
+    """Run all services until SIGTERM (``postdesk serve``); returns the exit status."""
     # The intake writer thread and the event loop share the GIL; with the default 5 ms
     # switch interval the loop waits behind the writer after every socket call (measured:
     # most of the loop's time went to re-acquiring the GIL in transport.write).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    asyncio.run(Gateway(settings).run())
+    sockets = bind_sockets(settings)
+    if settings.gateway.workers == 1:
+        asyncio.run(Gateway(settings, sockets).run())
+        return 0
+    from gateway.workers import Supervisor
+
+    supervisor = Supervisor(settings.gateway.workers,
+                            lambda index: _worker(settings, sockets, index))
+    return supervisor.run()
+
+
+def _worker(settings: Settings, sockets: dict[str, socket.socket], index: int) -> None:
+    asyncio.run(Gateway(settings, sockets, http=index == 0, worker=index).run())

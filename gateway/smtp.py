@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import socket
 import ssl
 import weakref
 from dataclasses import dataclass, field
@@ -199,10 +200,10 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
 
 
 async def start_listener(
-    handler: IntakeHandler, host: str, port: int, *, networks: list[Any], size_limit: int,
+    handler: IntakeHandler, sock: socket.socket, *, networks: list[Any], size_limit: int,
     hostname: str, tls: ssl.SSLContext | None, timeout: float,
 ) -> asyncio.Server:
-    """Listen on host:port with an SMTP or LMTP protocol bound to ``handler``."""
+    """Serve SMTP or LMTP (as ``handler`` says) on an already bound socket."""
     loop = asyncio.get_running_loop()
     cls = GuardedLMTP if handler.lmtp else GuardedSMTP
 
@@ -215,4 +216,4 @@ async def start_listener(
         handler.connections.add(proto)
         return proto
 
-    return await loop.create_server(factory, host=host, port=port, reuse_address=True)
+    return await loop.create_server(factory, sock=sock)

@@ -554,6 +554,30 @@ def test_part_count_is_bounded() -> None:
     assert any("parts" in d for d in parsed.defects)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [  # inputs on which the email package itself raises instead of noting a defect
+        b"Content-Type: multipart/mixed; boundary*=utf\x00-8''abc\n\n--abc\n\nhi\n--abc--\n",
+        b"Content-Type: text/plain; charset*=utf-8''a; charset*0=b\n\nhi\n",
+        b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n'
+        b"Content-Disposition: attachment; filename*=utf-8''a; filename*0=b\n\nhi\n--b--\n",
+    ],
+)
+def test_stdlib_faults_on_hostile_parameters_are_contained(raw: bytes) -> None:
+    parsed = parse(raw)
+    assert "hi" in parsed.text or parsed.attachments[0].data == b"hi"
+
+
+def test_huge_html_and_headers_are_bounded() -> None:
+    html = "<p>start</p>" + "<p>filler text</p>" * 15000
+    to = b", ".join(b"u%d@example.com" % i for i in range(3000))
+    parsed = parse(b"To: " + to + b"\nContent-Type: text/html\n\n" + html.encode())
+    assert parsed.html == html and parsed.text.startswith("start")
+    assert 1000 < len(parsed.to) < 3000
+    assert any("HTML longer" in d for d in parsed.defects)
+    assert any("To header longer" in d for d in parsed.defects)
+
+
 def test_last_resort_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
