@@ -49,7 +49,7 @@ gateway:
   http_listen: "off"
   hostname: bench.test
   max_message_size: 10000000
-accounts:
+{workers}accounts:
   - name: support
     addresses: [{recipient}]
 """
@@ -351,13 +351,16 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
-def start_gateway(workdir: Path, database: str | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(workdir: Path, database: str | None,
+                  workers: int | None) -> tuple[subprocess.Popen[bytes], int]:
     """Write a postdesk.yaml into ``workdir`` and run ``postdesk serve`` on it."""
     workdir.mkdir(parents=True)
     port = free_port()
     config = workdir / "postdesk.yaml"
     db_url = database or f"sqlite:///{workdir / 'postdesk.db'}"
-    config.write_text(GATEWAY_CONFIG.format(db_url=db_url, port=port, recipient=RECIPIENT))
+    workers_line = f"  workers: {workers}\n" if workers else ""
+    config.write_text(GATEWAY_CONFIG.format(db_url=db_url, port=port, recipient=RECIPIENT,
+                                            workers=workers_line))
     cmd = [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"]
     return start(cmd, port, workdir / "serve.log"), port
 
@@ -379,7 +382,7 @@ class Cell:
     messages: int
 
 
-def run_cell(cell: Cell, null_port: int, workdir: Path, database: str | None,
+def run_cell(cell: Cell, null_port: int, workdir: Path, args: argparse.Namespace,
              run_tag: str) -> dict[str, Any]:
     """Null server first, then a fresh gateway, same messages; one result row."""
     body = message_body(cell.size)
@@ -387,7 +390,7 @@ def run_cell(cell: Cell, null_port: int, workdir: Path, database: str | None,
     note(f"cell size={cell.size} concurrency={cell.concurrency}: null server")
     null = asyncio.run(phase(null_port, cell.messages, cell.concurrency, body, f"{tag}.null"))
     note(f"  null: {null['msgs_per_s']} msgs/s; starting gateway in {workdir}")
-    proc, port = start_gateway(workdir, database)
+    proc, port = start_gateway(workdir, args.database, args.workers)
     try:
         gw = asyncio.run(phase(port, cell.messages, cell.concurrency, body, f"{tag}.gw"))
     finally:
@@ -451,11 +454,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     str(null_port)]
         null_proc = start(null_cmd, null_port, base / "null.log")
         try:
-            rows = [run_cell(cell, null_port, base / f"cell-{i}", args.database, run_tag)
+            rows = [run_cell(cell, null_port, base / f"cell-{i}", args, run_tag)
                     for i, cell in enumerate(cells)]
         finally:
             stop(null_proc)
-    return {"benchmark": "ingest", "machine": info,
+    return {"benchmark": "ingest", "machine": info, "workers": args.workers or "default",
             "database": "sqlite (fresh per cell)" if args.database is None
             else args.database.split(":", 1)[0], "cells": rows}
 
@@ -481,6 +484,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int_list, default=[1, 20])
     parser.add_argument("--database", default=None,
                         help="database URL (default: a fresh SQLite file per cell)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="gateway.workers for the gateway (default: the gateway's default)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--null-server", type=int, metavar="PORT", default=None,
                         help=argparse.SUPPRESS)

@@ -100,7 +100,7 @@ class GatewaySettings(Strict):
     allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     starttls: TLSSettings | None = None
     max_batch: int = Field(64, ge=1, le=1000)
-    workers: int = Field(2, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=64)
     timeout: float = Field(300, gt=0)
 
     @field_validator("smtp_listen", "lmtp_listen", "http_listen")

@@ -17,15 +17,12 @@ from sqlalchemy import Connection, bindparam, select
 
 from engine.mime import ParsedMessage, parse_message
 from engine.store.models import Attachment, Blob, History, Message, MessageAccount
-from engine.store.sql import insert_ignore
+from engine.store.prepared import insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
 
 _MESSAGES = Message.__table__
 _FIND_KEYS = select(_MESSAGES.c.dedupe_key, _MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
     _MESSAGES.c.dedupe_key.in_(bindparam("keys", expanding=True)))
-_INSERT_MESSAGES = _MESSAGES.insert().returning(_MESSAGES.c.id, sort_by_parameter_order=True)
-_INSERT_HISTORY = History.__table__.insert()
-_INSERT_ATTACHMENTS = Attachment.__table__.insert()
 _GET_MESSAGE = select(_MESSAGES).where(_MESSAGES.c.id == bindparam("pk"))
 _UPDATE_MESSAGE = _MESSAGES.update().where(_MESSAGES.c.id == bindparam("pk"))
 
@@ -76,7 +73,7 @@ def raw_key(raw: bytes) -> str:
 def store_batch(conn: Connection, deliveries: list[Delivery]) -> list[Receipt]:
     """Store deliveries (in order) in the caller's transaction; one receipt each."""
     keys = [dedupe_key(d.parsed.message_id, d.parsed.body_hash) for d in deliveries]
-    known = {row.dedupe_key: row for row in conn.execute(_FIND_KEYS, {"keys": keys})}
+    known = {row[0]: row for row in select_rows(conn, _FIND_KEYS, {"keys": keys}, ["keys"])}
     threads = ThreadBatch.load(conn, [d.parsed for d in deliveries])
     fresh: dict[str, int] = {}  # key → index in ``rows``
     rows: list[dict[str, Any]] = []
@@ -95,8 +92,8 @@ def store_batch(conn: Connection, deliveries: list[Delivery]) -> list[Receipt]:
     thread_ids = threads.flush()
     for row, slot in zip(rows, slots, strict=True):
         row["thread_id"] = thread_ids[slot]
-    pks = conn.execute(_INSERT_MESSAGES, rows).scalars().all() if rows else []
-    receipts = [Receipt(known[ref].id, True, known[ref].needs_attention) if kind == "known"
+    pks = insert_returning_ids(conn, _MESSAGES, rows)
+    receipts = [Receipt(known[ref][1], True, bool(known[ref][2])) if kind == "known"
                 else Receipt(pks[ref], kind == "again", False) for kind, ref in plan]
     _record_accounts(conn, [(r.message_pk, d.envelope)
                             for r, d in zip(receipts, deliveries, strict=True)])
@@ -112,18 +109,18 @@ def store_raw(conn: Connection, raw: bytes, envelope: Envelope, error: str,
               parsed: ParsedMessage | None) -> Receipt:
     """Keep the bytes of a message the pipeline could not handle, flagged with the error."""
     key = dedupe_key(parsed.message_id, parsed.body_hash) if parsed else raw_key(raw)
-    row = conn.execute(_FIND_KEYS, {"keys": [key]}).first()
-    if row is not None:
-        _record_accounts(conn, [(row.id, envelope)])
-        return Receipt(row.id, duplicate=True, needs_attention=row.needs_attention)
-    values = _envelope_columns(raw, envelope, key) | {
+    found = select_rows(conn, _FIND_KEYS, {"keys": [key]}, ["keys"])
+    if found:
+        _record_accounts(conn, [(found[0][1], envelope)])
+        return Receipt(found[0][1], duplicate=True, needs_attention=bool(found[0][2]))
+    values = _envelope_columns(raw, envelope, key) | _UNPARSED | {
         "message_id_header": parsed.message_id if parsed else f"<{key[:32]}@postdesk.invalid>",
         "subject": _text(parsed.subject) if parsed else "",
         "date": envelope.received_at,
         "needs_attention": True,
         "error": error,
     }
-    [pk] = conn.execute(_INSERT_MESSAGES, [values]).scalars().all()
+    [pk] = insert_returning_ids(conn, _MESSAGES, [values])
     _record_accounts(conn, [(pk, envelope)])
     _history(conn, [(pk, None, envelope, "received", {"needs_attention": True})])
     return Receipt(pk, duplicate=False, needs_attention=True)
@@ -141,7 +138,7 @@ def reprocess(conn: Connection, message_pk: int) -> Receipt:
         slot, values["thread_reason"] = threads.resolve(parsed, row.received_at)
         values["thread_id"] = threads.flush()[slot]
     key = dedupe_key(parsed.message_id, parsed.body_hash)
-    if conn.execute(_FIND_KEYS, {"keys": [key]}).first() is None:
+    if not select_rows(conn, _FIND_KEYS, {"keys": [key]}, ["keys"]):
         values["dedupe_key"] = key  # so a later redelivery is recognised
     conn.execute(_UPDATE_MESSAGE, {"pk": message_pk, **values})
     if conn.execute(select(Attachment.id).where(Attachment.message_id == message_pk)).first() \
@@ -176,6 +173,14 @@ def message_columns(parsed: ParsedMessage) -> dict[str, Any]:
     }
 
 
+# what a message the pipeline failed on has in its parsed columns until it is reprocessed
+_UNPARSED: dict[str, Any] = {
+    "from_addr": "", "from_name": "", "to_addrs": [], "cc_addrs": [], "in_reply_to": None,
+    "charset": None, "body_text": "", "body_html": None, "defects": [], "thread_id": None,
+    "thread_reason": None,
+}
+
+
 def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, Any]:
     return {
         "dedupe_key": key,
@@ -188,14 +193,19 @@ def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, Any
         "raw": raw,
         "needs_attention": False,
         "error": None,
+        "direction": "inbound",
+        "classification": None,
+        "assigned_user_id": None,
+        "group_id": None,
+        "deleted_at": None,
     }
 
 
 def _record_accounts(conn: Connection, items: list[tuple[int, Envelope]]) -> None:
     rows = {(pk, acc): rcpt for pk, env in items for acc, rcpt in env.recipients}
-    insert_ignore(conn, MessageAccount.__table__, [
+    insert_many(conn, MessageAccount.__table__, [
         {"message_id": pk, "account_id": acc, "recipient": rcpt}
-        for (pk, acc), rcpt in rows.items()])
+        for (pk, acc), rcpt in rows.items()], ignore=True)
 
 
 def _store_attachments(conn: Connection, items: list[tuple[int, ParsedMessage]]) -> None:
@@ -207,9 +217,8 @@ def _store_attachments(conn: Connection, items: list[tuple[int, ParsedMessage]])
             rows.append({"message_id": pk, "blob_sha256": digest, "filename": att.filename,
                          "content_type": att.content_type, "disposition": att.disposition,
                          "content_id": att.content_id, "size": len(att.data)})
-    if rows:
-        insert_ignore(conn, Blob.__table__, list(blobs.values()))
-        conn.execute(_INSERT_ATTACHMENTS, rows)
+    insert_many(conn, Blob.__table__, list(blobs.values()), ignore=True)
+    insert_many(conn, Attachment.__table__, rows)
 
 
 def _history(conn: Connection,
@@ -218,5 +227,4 @@ def _history(conn: Connection,
              "action": action, "resource": "system", "reason_code": None,
              "detail": {**detail, "protocol": env.protocol}, "created_at": env.received_at}
             for pk, thread_id, env, action, detail in items]
-    if rows:
-        conn.execute(_INSERT_HISTORY, rows)
+    insert_many(conn, History.__table__, rows)

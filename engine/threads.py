@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, case, select
 
 from engine.mime import ParsedMessage
 from engine.store.models import Thread, ThreadParticipant, ThreadRef
-from engine.store.sql import insert_ignore
+from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
 
 SUBJECT_WINDOW = timedelta(days=30)
 MAX_REF_LENGTH = 998
@@ -44,7 +44,6 @@ _FIND_BY_SUBJECT = (
     .order_by(_THREADS.c.last_message_at.desc())
     .limit(1)
 )
-_INSERT_THREADS = _THREADS.insert().returning(_THREADS.c.id, sort_by_parameter_order=True)
 _BUMP_THREAD = _THREADS.update().where(_THREADS.c.id == bindparam("tid")).values(
     message_count=_THREADS.c.message_count + 1,
     last_message_at=case(
@@ -109,7 +108,8 @@ class ThreadBatch:
         cited = {ref for parsed in messages for ref in cited_ids(parsed)}
         batch = cls(conn)
         if cited:
-            batch.refs.update(conn.execute(_FIND_REFS, {"refs": sorted(cited)}).all())
+            rows = select_rows(conn, _FIND_REFS, {"refs": sorted(cited)}, expanding=["refs"])
+            batch.refs.update(dict(rows))
         return batch
 
     def resolve(self, parsed: ParsedMessage, now: datetime) -> tuple[int | tuple[str, int], str]:
@@ -143,8 +143,8 @@ class ThreadBatch:
             if thread.key == key and sender in thread.people and thread.last_at >= since:
                 return ("new", n), REASON_SUBJECT
         params = {"key": key, "since": since, "sender": sender}
-        thread_id = self.conn.execute(_FIND_BY_SUBJECT, params).scalar()
-        return (thread_id, REASON_SUBJECT) if thread_id else (None, REASON_NEW)
+        rows = select_rows(self.conn, _FIND_BY_SUBJECT, params)
+        return (rows[0][0], REASON_SUBJECT) if rows else (None, REASON_NEW)
 
     def flush(self) -> dict[int | tuple[str, int], int]:
         """Write everything resolved so far; returns slot → thread id."""
@@ -152,16 +152,15 @@ class ThreadBatch:
         if self.new:
             rows = [{"subject": t.subject, "subject_key": t.key, "created_at": t.created_at,
                      "last_message_at": t.last_at, "message_count": 0} for t in self.new]
-            new_ids = self.conn.execute(_INSERT_THREADS, rows).scalars().all()
+            new_ids = insert_returning_ids(self.conn, _THREADS, rows)
             ids.update({("new", n): tid for n, tid in enumerate(new_ids)})
         thread_of = lambda slot: ids.get(slot, slot)  # noqa: E731 — tiny local mapping
         refs = [{"ref": ref, "thread_id": thread_of(slot)} for ref, slot in self.added.items()]
-        insert_ignore(self.conn, _REFS, refs)
+        insert_many(self.conn, _REFS, refs, ignore=True)
         people = {(thread_of(slot), a[:320]) for slot, p in self.joined for a in p.participants}
-        insert_ignore(self.conn, ThreadParticipant.__table__,
-                      [{"thread_id": t, "address": a} for t, a in sorted(people)])
-        if self.joined:
-            self.conn.execute(_BUMP_THREAD, [{"tid": thread_of(slot), "at": p.date}
-                                             for slot, p in self.joined])
+        insert_many(self.conn, ThreadParticipant.__table__,
+                    [{"thread_id": t, "address": a} for t, a in sorted(people)], ignore=True)
+        execute_many(self.conn, _BUMP_THREAD, [{"tid": thread_of(slot), "at": p.date}
+                                               for slot, p in self.joined])
         ids.update({slot: slot for slot, _ in self.joined if isinstance(slot, int)})
         return ids

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from engine.accounts import sync_accounts
+from engine.accounts import AccountDirectory, sync_accounts
 from engine.config import Settings, parse_listen
 from engine.intake import Intake
 from engine.store.database import make_engine
@@ -38,15 +38,13 @@ SWITCH_INTERVAL = float(os.environ.get("POSTDESK_SWITCH_INTERVAL", "0.0005"))
 class Gateway:
     """The running services of one process; ``run`` blocks until a stop signal."""
 
-    def __init__(self, settings: Settings, sockets: dict[str, socket.socket], *,
-                 engine: Engine | None = None, http: bool = True, worker: int = 0):
+    def __init__(self, settings: Settings, sockets: dict[str, socket.socket],
+                 directory: AccountDirectory, *, http: bool = True, worker: int = 0):
         self.settings = settings
+        self.directory = directory
         self.sockets = sockets if http else {k: v for k, v in sockets.items() if k != "http"}
         self.worker = worker
-        self.engine = engine or make_engine(
-            settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms,
-            pool_size=settings.database.pool_size,
-        )
+        self.engine = _engine(settings)
         self.stats = GatewayStats()
         self.intake = Intake(self.engine, max_batch=settings.gateway.max_batch)
         self.servers: dict[str, asyncio.Server] = {}
@@ -54,14 +52,13 @@ class Gateway:
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
-        directory = sync_accounts(self.engine, self.settings)
         await self.intake.start()
         gw = self.settings.gateway
         tls = tls_context(str(gw.starttls.cert), str(gw.starttls.key)) if gw.starttls else None
         for name in ("smtp", "lmtp"):
             if name not in self.sockets:
                 continue
-            handler = IntakeHandler(self.intake, directory, gw.hostname, self.stats,
+            handler = IntakeHandler(self.intake, self.directory, gw.hostname, self.stats,
                                     lmtp=name == "lmtp")
             self.handlers.append(handler)
             self.servers[name] = await start_listener(
@@ -157,12 +154,18 @@ def _bind(host: str, port: int, retry_seconds: float) -> socket.socket:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     deadline = time.monotonic() + retry_seconds
     while True:
+        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
+        # proto says TCP; without it Nagle + delayed ACK add ~40 ms to every SMTP command reply
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            sock = socket.create_server((host, port), family=family, backlog=1024,
-                                        reuse_port=False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
             sock.setblocking(False)
             return sock
         except OSError as exc:
+            sock.close()
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -175,15 +178,20 @@ def serve(settings: Settings) -> int:
     # most of the loop's time went to re-acquiring the GIL in transport.write).
     sys.setswitchinterval(SWITCH_INTERVAL)
     sockets = bind_sockets(settings)
+    engine = _engine(settings)
+    directory = sync_accounts(engine, settings)  # once, before any worker accepts
+    engine.dispose()  # workers open their own connections
     if settings.gateway.workers == 1:
-        asyncio.run(Gateway(settings, sockets).run())
+        asyncio.run(Gateway(settings, sockets, directory).run())
         return 0
     from gateway.workers import Supervisor
 
-    supervisor = Supervisor(settings.gateway.workers,
-                            lambda index: _worker(settings, sockets, index))
-    return supervisor.run()
+    def worker(index: int) -> None:
+        asyncio.run(Gateway(settings, sockets, directory, http=index == 0, worker=index).run())
+
+    return Supervisor(settings.gateway.workers, worker).run()
 
 
-def _worker(settings: Settings, sockets: dict[str, socket.socket], index: int) -> None:
-    asyncio.run(Gateway(settings, sockets, http=index == 0, worker=index).run())
+def _engine(settings: Settings) -> Engine:
+    return make_engine(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms,
+                       pool_size=settings.database.pool_size)

@@ -122,7 +122,11 @@ class Instance:
         return code
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        """A crash of the whole server: SIGKILL to the supervisor and every worker at once."""
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
 
     @property
     def engine(self) -> Engine:

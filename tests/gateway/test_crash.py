@@ -49,7 +49,7 @@ def test_kill_dash_nine_loses_nothing_and_duplicates_nothing(instance: Instance)
             before = len(acknowledged(acks))
             deadline = time.monotonic() + 60
             # let a random share of the remaining stream through, then kill mid-flight
-            target = before + rng.randint(20, (COUNT - before) // (KILLS + 1))
+            target = before + rng.randint(20, max(21, (COUNT - before) // (KILLS + 1)))
             while len(acknowledged(acks)) < target and time.monotonic() < deadline:
                 time.sleep(0.005)
             time.sleep(rng.random() * 0.05)
