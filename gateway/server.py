@@ -13,10 +13,8 @@ import asyncio
 import errno
 import json
 import logging
-import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -32,7 +30,6 @@ from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_contex
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30
-SWITCH_INTERVAL = float(os.environ.get("POSTDESK_SWITCH_INTERVAL", "0.0005"))
 
 
 class Gateway:
@@ -173,10 +170,6 @@ def _bind(host: str, port: int, retry_seconds: float) -> socket.socket:
 
 def serve(settings: Settings) -> int:
     """Run all services until SIGTERM (``postdesk serve``); returns the exit status."""
-    # The intake writer thread and the event loop share the GIL; with the default 5 ms
-    # switch interval the loop waits behind the writer after every socket call (measured:
-    # most of the loop's time went to re-acquiring the GIL in transport.write).
-    sys.setswitchinterval(SWITCH_INTERVAL)
     sockets = bind_sockets(settings)
     engine = _engine(settings)
     directory = sync_accounts(engine, settings)  # once, before any worker accepts

@@ -9,11 +9,13 @@ below, with RFC 3463 enhanced status codes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import secrets
 import socket
 import ssl
+import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -137,8 +139,7 @@ class IntakeHandler:
         rcpt = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
         for_part = f"\r\n\tfor <{rcpt}>" if rcpt else ""
         return (f"Received: from {helo} ([{peer}])\r\n\tby {self.hostname} (Postdesk) with "
-                f"{proto} id {self._trace_id()}{for_part};\r\n\t"
-                f"{format_datetime(datetime.now(UTC))}\r\n")
+                f"{proto} id {self._trace_id()}{for_part};\r\n\t{_rfc5322_now()}\r\n")
 
     def _trace_id(self) -> str:
         # unique per process and delivery; a counter, because os.urandom costs a syscall
@@ -150,6 +151,16 @@ class IntakeHandler:
         log.exception("gateway fault", exc_info=error)
         self.stats.tempfailed += 1
         return TEMP_FAILURE
+
+
+@functools.lru_cache(maxsize=2)
+def _rfc5322_date(second: int) -> str:
+    return format_datetime(datetime.fromtimestamp(second, UTC))
+
+
+def _rfc5322_now() -> str:
+    """The current time as an RFC 5322 date, formatted once per second (a hot path)."""
+    return _rfc5322_date(int(time.time()))
 
 
 class _Guarded:

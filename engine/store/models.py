@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -114,13 +115,15 @@ class ThreadRef(Base):
     """
 
     __tablename__ = "thread_refs"
+    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree per insert, not two
 
     ref: Mapped[str] = mapped_column(String(998), primary_key=True)
-    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"), index=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"))
 
 
 class ThreadParticipant(Base):
     __tablename__ = "thread_participants"
+    __table_args__ = {"sqlite_with_rowid": False}
 
     thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"), primary_key=True)
     address: Mapped[str] = mapped_column(String(320), primary_key=True, index=True)
@@ -131,13 +134,15 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_queue", "account_id", "state", "received_at"),
         Index("ix_messages_class_queue", "account_id", "classification", "state", "received_at"),
-        Index("ix_messages_state_received", "state", "received_at"),
+        # partial: only the few flagged rows are in it, so normal inserts don't touch it
+        Index("ix_messages_attention", "id", sqlite_where=text("needs_attention"),
+              postgresql_where=text("needs_attention")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # sha256(Message-ID, body hash): the same mail delivered again maps to the same row
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
-    message_id_header: Mapped[str] = mapped_column(String(998), index=True)
+    message_id_header: Mapped[str] = mapped_column(String(998))
     direction: Mapped[str] = mapped_column(String(10), default="inbound")
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
@@ -146,7 +151,7 @@ class Message(Base):
     classification: Mapped[str | None] = mapped_column(String(100))
     assigned_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))
-    needs_attention: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    needs_attention: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     subject: Mapped[str] = mapped_column(Text, default="")
     from_addr: Mapped[str] = mapped_column(String(320), default="", index=True)
@@ -172,6 +177,7 @@ class MessageAccount(Base):
     """Every account a message was addressed to (one mail to two support addresses)."""
 
     __tablename__ = "message_accounts"
+    __table_args__ = {"sqlite_with_rowid": False}
 
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
@@ -209,7 +215,7 @@ class History(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
-    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"))
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"))
     action: Mapped[str] = mapped_column(String(40))
     resource: Mapped[str] = mapped_column(String(100), default="system")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 23:45:53.694515
+Create Date: 2026-11-23 00:30:52.081165
 """
 from alembic import op
 import sqlalchemy as sa
@@ -103,19 +103,18 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedupe_key', name=op.f('uq_messages_dedupe_key'))
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
+        batch_op.create_index('ix_messages_attention', ['id'], unique=False, sqlite_where=sa.text('needs_attention'), postgresql_where=sa.text('needs_attention'))
         batch_op.create_index('ix_messages_class_queue', ['account_id', 'classification', 'state', 'received_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_messages_from_addr'), ['from_addr'], unique=False)
-        batch_op.create_index(batch_op.f('ix_messages_message_id_header'), ['message_id_header'], unique=False)
-        batch_op.create_index(batch_op.f('ix_messages_needs_attention'), ['needs_attention'], unique=False)
         batch_op.create_index('ix_messages_queue', ['account_id', 'state', 'received_at'], unique=False)
-        batch_op.create_index('ix_messages_state_received', ['state', 'received_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_messages_thread_id'), ['thread_id'], unique=False)
 
     op.create_table('thread_participants',
     sa.Column('thread_id', sa.Integer(), nullable=False),
     sa.Column('address', sa.String(length=320), nullable=False),
     sa.ForeignKeyConstraint(['thread_id'], ['threads.id'], name=op.f('fk_thread_participants_thread_id_threads')),
-    sa.PrimaryKeyConstraint('thread_id', 'address', name=op.f('pk_thread_participants'))
+    sa.PrimaryKeyConstraint('thread_id', 'address', name=op.f('pk_thread_participants')),
+    sqlite_with_rowid=False
     )
     with op.batch_alter_table('thread_participants', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_thread_participants_address'), ['address'], unique=False)
@@ -124,11 +123,9 @@ def upgrade() -> None:
     sa.Column('ref', sa.String(length=998), nullable=False),
     sa.Column('thread_id', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['thread_id'], ['threads.id'], name=op.f('fk_thread_refs_thread_id_threads')),
-    sa.PrimaryKeyConstraint('ref', name=op.f('pk_thread_refs'))
+    sa.PrimaryKeyConstraint('ref', name=op.f('pk_thread_refs')),
+    sqlite_with_rowid=False
     )
-    with op.batch_alter_table('thread_refs', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_thread_refs_thread_id'), ['thread_id'], unique=False)
-
     op.create_table('user_groups',
     sa.Column('user_id', sa.Integer(), nullable=False),
     sa.Column('group_id', sa.Integer(), nullable=False),
@@ -171,7 +168,6 @@ def upgrade() -> None:
     with op.batch_alter_table('history', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_history_created_at'), ['created_at'], unique=False)
         batch_op.create_index('ix_history_message_created', ['message_id', 'created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_history_thread_id'), ['thread_id'], unique=False)
 
     op.create_table('message_accounts',
     sa.Column('message_id', sa.Integer(), nullable=False),
@@ -179,7 +175,8 @@ def upgrade() -> None:
     sa.Column('recipient', sa.String(length=998), nullable=False),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_message_accounts_account_id_accounts')),
     sa.ForeignKeyConstraint(['message_id'], ['messages.id'], name=op.f('fk_message_accounts_message_id_messages')),
-    sa.PrimaryKeyConstraint('message_id', 'account_id', name=op.f('pk_message_accounts'))
+    sa.PrimaryKeyConstraint('message_id', 'account_id', name=op.f('pk_message_accounts')),
+    sqlite_with_rowid=False
     )
     op.create_table('outbox',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -216,7 +213,6 @@ def downgrade() -> None:
     op.drop_table('outbox')
     op.drop_table('message_accounts')
     with op.batch_alter_table('history', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_history_thread_id'))
         batch_op.drop_index('ix_history_message_created')
         batch_op.drop_index(batch_op.f('ix_history_created_at'))
 
@@ -227,9 +223,6 @@ def downgrade() -> None:
 
     op.drop_table('attachments')
     op.drop_table('user_groups')
-    with op.batch_alter_table('thread_refs', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_thread_refs_thread_id'))
-
     op.drop_table('thread_refs')
     with op.batch_alter_table('thread_participants', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_thread_participants_address'))
@@ -237,12 +230,10 @@ def downgrade() -> None:
     op.drop_table('thread_participants')
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_messages_thread_id'))
-        batch_op.drop_index('ix_messages_state_received')
         batch_op.drop_index('ix_messages_queue')
-        batch_op.drop_index(batch_op.f('ix_messages_needs_attention'))
-        batch_op.drop_index(batch_op.f('ix_messages_message_id_header'))
         batch_op.drop_index(batch_op.f('ix_messages_from_addr'))
         batch_op.drop_index('ix_messages_class_queue')
+        batch_op.drop_index('ix_messages_attention', sqlite_where=sa.text('needs_attention'), postgresql_where=sa.text('needs_attention'))
 
     op.drop_table('messages')
     op.drop_table('users')
