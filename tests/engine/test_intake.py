@@ -123,3 +123,35 @@ def test_attachments_are_content_addressed(store: Engine) -> None:
     with store.connect() as conn:
         names = conn.scalars(select(Attachment.filename)).all()
     assert names == ["report.pdf", "report.pdf"]
+
+
+def test_big_mail_is_parsed_off_the_loop_and_stored(store: Engine) -> None:
+    import base64
+
+    from engine.intake import PARSE_INLINE_LIMIT
+    from engine.store.models import Attachment
+
+    payload = bytes(range(256)) * (PARSE_INLINE_LIMIT // 64)
+    raw = ("From: a@c\r\nTo: support@example.test\r\nSubject: big\r\nMessage-ID: <big@c>\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+           "Content-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n"
+           "Content-Type: application/octet-stream; name=blob.bin\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\n").encode()
+    raw += base64.encodebytes(payload).replace(b"\n", b"\r\n") + b"--B--\r\n"
+    assert len(raw) > PARSE_INLINE_LIMIT
+    [receipt] = asyncio.run(receive_all(store, [raw]))
+    with store.connect() as conn:
+        att = conn.execute(select(Attachment)).one()
+    assert (att.filename, att.size) == ("blob.bin", len(payload))
+    assert not receipt.needs_attention
+
+
+def test_receive_after_stop_is_a_temporary_failure(store: Engine) -> None:
+    async def scenario() -> None:
+        intake = Intake(store)
+        await intake.start()
+        await intake.stop()
+        with pytest.raises(StoreUnavailable):
+            await intake.receive(make_mail("late", message_id="<late@c>"), envelope())
+
+    asyncio.run(scenario())
