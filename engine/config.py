@@ -128,27 +128,31 @@ class LmtpDriver(Strict):
     type: Literal["lmtp"]
 
 
-class ImapPollDriver(Strict):
-    type: Literal["imap-poll"]
+class RemoteServer(Strict):
+    """Where a driver connects to, and as whom; ``ca_file`` trusts a private CA."""
+
     host: str = "localhost"
-    port: int = 993
-    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    port: int
+    tls: Literal["implicit", "starttls", "none"]
     ca_file: Path | None = None
     user: str | None = None
     password: SecretRef | None = None
+    timeout: float = Field(30, gt=0)
+
+
+class ImapPollDriver(RemoteServer):
+    type: Literal["imap-poll"]
+    port: int = 993
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
     polling_interval: int = Field(60, ge=1, alias="PollingInterval")
     processed_folder: str = "Processed"
     retry_folder: str = "Retry"
 
 
-class OutboundRelayDriver(Strict):
+class OutboundRelayDriver(RemoteServer):
     type: Literal["outbound-relay"]
-    host: str = "localhost"
     port: int = 25
     tls: Literal["implicit", "starttls", "none"] = "starttls"
-    user: str | None = None
-    password: SecretRef | None = None
-    timeout: float = Field(30, gt=0)
 
 
 Driver = Annotated[
