@@ -254,6 +254,7 @@ def load_settings(path: str | Path | None = None,
     data["source"] = str(path)
     settings = _validate(data, path, locator)
     _check_references(settings, path, locator)
+    _check_secrets(settings, path, locator, environ)
     return _resolve_paths(settings, path.parent)
 
 
@@ -325,6 +326,28 @@ def _check_references(settings: Settings, path: Path, locator: NodeLocator) -> N
             report(["accounts", i, "name"], f"duplicate account name {name!r}")
     if problems:
         raise ConfigError(problems)
+
+
+def _check_secrets(settings: Settings, path: Path, locator: NodeLocator,
+                   environ: dict[str, str]) -> None:
+    """Every secret a configured account will use must be in the environment now, not
+    discovered missing at the first login hours later."""
+    problems: dict[str, ConfigProblem] = {}
+    for i, acc in enumerate(settings.accounts):
+        uses = [(["accounts", i, "inbound", j], u) for j, u in enumerate(acc.inbound)]
+        uses += [(["accounts", i, "outbound"], acc.outbound)] if acc.outbound else []
+        for loc, use in uses:
+            name = use if isinstance(use, str) else use.driver
+            extra = {} if isinstance(use, str) else (use.model_extra or {})
+            secret = extra.get("password") or getattr(settings.drivers[name], "password", None)
+            where = [*loc, "password"] if "password" in extra else ["drivers", name, "password"]
+            env = secret.get("env") if isinstance(secret, dict) else getattr(secret, "env", None)
+            if env and env not in environ:
+                key = _dotted(where)
+                problems[key] = ConfigProblem(str(path), locator.line_of(where), key,
+                                              f"environment variable {env} is not set")
+    if problems:
+        raise ConfigError(list(problems.values()))
 
 
 def _check_override(settings: Settings, use: DriverUse, loc: list[Any], report: Any) -> None:

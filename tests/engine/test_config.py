@@ -53,6 +53,14 @@ def test_defaults_drivers_and_profile_overrides(tmp_path: Path) -> None:
     assert settings.drivers["mailbox"].password.env == "IMAP_PW"
 
 
+def test_a_secret_missing_from_the_environment_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, GOOD.format(dir=tmp_path)), environ={})
+    [problem] = err.value.problems
+    assert (problem.line, problem.key) == (7, "drivers.mailbox.password")
+    assert problem.message == "environment variable IMAP_PW is not set"
+
+
 def test_default_database_lives_in_the_instance_dir(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "accounts: []\n"), environ={})
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'postdesk.db'}"
@@ -62,6 +70,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.format(dir=tmp_path))
     settings = load_settings(environ={
         "POSTDESK_CONFIG": str(path), "POSTDESK_DATABASE_URL": "postgresql://pd@db/pd",
+        "IMAP_PW": "secret",
         "POSTDESK_SMTP_LISTEN": "0.0.0.0:25", "POSTDESK_LMTP_LISTEN": "off",
         "POSTDESK_HTTP_LISTEN": "[::1]:8080",
     })
