@@ -132,11 +132,11 @@ def test_big_mail_is_parsed_off_the_loop_and_stored(store: Engine) -> None:
     from engine.store.models import Attachment
 
     payload = bytes(range(256)) * (PARSE_INLINE_LIMIT // 64)
-    raw = ("From: a@c\r\nTo: support@example.test\r\nSubject: big\r\nMessage-ID: <big@c>\r\n"
-           "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
-           "Content-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n"
-           "Content-Type: application/octet-stream; name=blob.bin\r\n"
-           "Content-Transfer-Encoding: base64\r\n\r\n").encode()
+    raw = (b"From: a@c\r\nTo: support@example.test\r\nSubject: big\r\nMessage-ID: <big@c>\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
+           b"Content-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n"
+           b"Content-Type: application/octet-stream; name=blob.bin\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n")
     raw += base64.encodebytes(payload).replace(b"\n", b"\r\n") + b"--B--\r\n"
     assert len(raw) > PARSE_INLINE_LIMIT
     [receipt] = asyncio.run(receive_all(store, [raw]))
