@@ -16,6 +16,7 @@ import pytest
 
 from engine import mime
 from engine.mime import Attachment, ParsedMessage, normalize_message_id, parse_message
+from engine.mimetree import TreeBuilder
 
 NOW = datetime(2024, 7, 2, 12, 0, tzinfo=UTC)
 FALLBACK_DEFECT = "message could not be parsed"
@@ -582,7 +583,7 @@ def test_last_resort_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mime, "_sort_leaves", broken)
+    monkeypatch.setattr(mime, "sort_leaves", broken)  # as engine.mime calls it
     parsed = parse_message(PLAIN, datetime(2024, 7, 2, 12, 0))
     assert parsed.defects[0].startswith(FALLBACK_DEFECT) and "boom" in parsed.defects[0]
     assert parsed.message_id_generated and parsed.date == NOW
@@ -675,7 +676,7 @@ def test_cpython_corpus_matches_stdlib() -> None:
 def test_fast_path_agrees_with_the_feed_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     raws = [p.read_bytes() for p in CORPUS] + SAMPLES
     fast = [parse_message(raw, NOW) for raw in raws]
-    monkeypatch.setattr(mime._TreeBuilder, "_fast", lambda self, raw, depth: None)
+    monkeypatch.setattr(TreeBuilder, "_fast", lambda self, raw, depth: None)
     for raw, quick in zip(raws, fast, strict=True):
         slow = parse_message(raw, NOW)
         quick.defects = slow.defects = []
