@@ -41,9 +41,10 @@ class Gateway:
         self.directory = directory
         self.sockets = sockets if http else {k: v for k, v in sockets.items() if k != "http"}
         self.worker = worker
-        self.engine = _engine(settings)
+        self.engine = _engine(settings)  # health checks; the intake writer has its own
         self.stats = GatewayStats()
-        self.intake = Intake(self.engine, max_batch=settings.gateway.max_batch)
+        self.intake = Intake(settings.database_url, max_batch=settings.gateway.max_batch,
+                             busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True)
         self.servers: dict[str, asyncio.Server] = {}
         self.handlers: list[IntakeHandler] = []
         self.stopping = asyncio.Event()

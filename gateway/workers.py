@@ -10,15 +10,15 @@ dies (even by SIGKILL) gets SIGTERM from the kernel and drains too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import time
 from collections.abc import Callable
 
+from engine.processes import die_with_parent
+
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 1.0
 
 
@@ -62,7 +62,7 @@ class Supervisor:
             return
         code = 1
         try:
-            _die_with_parent(parent)
+            die_with_parent(parent)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             self.target(index)
@@ -77,12 +77,3 @@ class Supervisor:
         for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGTERM us when the supervisor dies; exit if it already has."""
-    # not on Linux: no prctl, and a worker outlives a killed parent
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        os._exit(0)

@@ -24,7 +24,7 @@ def count(engine: Engine, model: type = Message) -> int:
 
 
 async def receive_all(engine: Engine, raws: list[bytes], **kw: object) -> list[object]:
-    intake = Intake(engine, **kw)
+    intake = Intake(engine.url.render_as_string(hide_password=False), **kw)
     await intake.start()
     try:
         return await asyncio.gather(*(intake.receive(r, envelope()) for r in raws),
@@ -86,11 +86,8 @@ def test_store_failure_raises_store_unavailable(store: Engine) -> None:
     store.pool.dispose()
     try:
         blocker.cursor().execute("BEGIN EXCLUSIVE")
-        from engine.store.database import make_engine
-
-        impatient = make_engine(str(store.url), busy_timeout_ms=100)
-        [result] = asyncio.run(receive_all(impatient, [make_mail("x", message_id="<l@c>")]))
-        impatient.dispose()
+        [result] = asyncio.run(receive_all(store, [make_mail("x", message_id="<l@c>")],
+                                           busy_timeout_ms=100))
     finally:
         blocker.rollback()
         blocker.close()
@@ -125,20 +122,18 @@ def test_attachments_are_content_addressed(store: Engine) -> None:
     assert names == ["report.pdf", "report.pdf"]
 
 
-def test_big_mail_is_parsed_off_the_loop_and_stored(store: Engine) -> None:
+def test_big_mail_is_stored_with_its_attachment(store: Engine) -> None:
     import base64
 
-    from engine.intake import PARSE_INLINE_LIMIT
     from engine.store.models import Attachment
 
-    payload = bytes(range(256)) * (PARSE_INLINE_LIMIT // 64)
+    payload = bytes(range(256)) * 4096  # 1 MB
     raw = (b"From: a@c\r\nTo: support@example.test\r\nSubject: big\r\nMessage-ID: <big@c>\r\n"
            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
            b"Content-Type: text/plain\r\n\r\nsee attached\r\n--B\r\n"
            b"Content-Type: application/octet-stream; name=blob.bin\r\n"
            b"Content-Transfer-Encoding: base64\r\n\r\n")
     raw += base64.encodebytes(payload).replace(b"\n", b"\r\n") + b"--B--\r\n"
-    assert len(raw) > PARSE_INLINE_LIMIT
     [receipt] = asyncio.run(receive_all(store, [raw]))
     with store.connect() as conn:
         att = conn.execute(select(Attachment)).one()
@@ -148,10 +143,37 @@ def test_big_mail_is_parsed_off_the_loop_and_stored(store: Engine) -> None:
 
 def test_receive_after_stop_is_a_temporary_failure(store: Engine) -> None:
     async def scenario() -> None:
-        intake = Intake(store)
+        intake = Intake(store.url.render_as_string(hide_password=False))
         await intake.start()
         await intake.stop()
         with pytest.raises(StoreUnavailable):
             await intake.receive(make_mail("late", message_id="<late@c>"), envelope())
 
     asyncio.run(scenario())
+
+
+def test_isolated_writer_process_commits_and_is_replaced_when_it_dies(store: Engine) -> None:
+    import os
+    import signal
+
+    async def scenario() -> list[object]:
+        intake = Intake(store.url.render_as_string(hide_password=False), isolate=True)
+        await intake.start()
+        try:
+            first = await intake.receive(make_mail("one", message_id="<iso1@c>"), envelope())
+            [child] = list(intake._executor._processes)  # the writer process
+            assert child != os.getpid()
+            os.kill(child, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            lost = await asyncio.gather(
+                intake.receive(make_mail("two", message_id="<iso2@c>"), envelope()),
+                return_exceptions=True)
+            again = await intake.receive(make_mail("two", message_id="<iso2@c>"), envelope())
+            return [first, *lost, again]
+        finally:
+            await intake.stop()
+
+    first, lost, again = asyncio.run(scenario())
+    assert not first.duplicate and not again.needs_attention
+    assert isinstance(lost, StoreUnavailable) or lost.message_pk == again.message_pk
+    assert count(store) == 2
