@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # sender must retry. Other errors, DataError and IntegrityError included, are about one
 # message and are isolated instead.
 UNAVAILABLE = (OperationalError, InterfaceError)
+# Groups handed to the writer at once: one being committed, one waiting (measured: with one,
+# the writer sat idle while each group's results travelled back to the loop).
+IN_FLIGHT = 2
 
 
 class StoreUnavailable(Exception):
@@ -159,28 +162,41 @@ class Intake:
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Take what has queued up as one group and hand it to the writer; keep up to
+        ``IN_FLIGHT`` groups queued there so it never idles while results travel back."""
+        slots = asyncio.Semaphore(IN_FLIGHT)
+        pending: set[asyncio.Task[None]] = set()
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                outcomes = await loop.run_in_executor(self._executor, self._commit,
-                                                      [item for item, _ in batch])
-            except BrokenExecutor as exc:  # the writer process died: answer 451, start anew
-                log.error("intake writer died (%s); restarting it", exc)
-                outcomes = [StoreUnavailable("writer restarted")] * len(batch)
+            await slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._commit_group(batch))
+            pending.add(task)
+            task.add_done_callback(lambda t: (pending.discard(t), slots.release()))
+
+    async def _commit_group(self, batch: list[tuple[tuple[bytes, Envelope],
+                                                    asyncio.Future[Receipt]]]) -> None:
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        try:
+            outcomes = await loop.run_in_executor(executor, self._commit,
+                                                  [item for item, _ in batch])
+        except BrokenExecutor as exc:  # the writer process died: answer 451, start anew
+            log.error("intake writer died (%s); restarting it", exc)
+            outcomes = [StoreUnavailable("writer restarted")] * len(batch)
+            if self._executor is executor:
                 await self._open_writer()
-            except Exception as exc:  # noqa: BLE001 — must never kill the intake
-                log.exception("intake writer failed")
-                outcomes = [StoreUnavailable(str(exc))] * len(batch)
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
-                if not future.done():
-                    if isinstance(outcome, Exception):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-                self._queue.task_done()
+        except Exception as exc:  # noqa: BLE001 — must never kill the intake
+            log.exception("intake writer failed")
+            outcomes = [StoreUnavailable(str(exc))] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            self._queue.task_done()
 
 
 def _make_job(raw: bytes, envelope: Envelope) -> _Job:
