@@ -32,7 +32,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine.deliveries import Delivery, Envelope, Receipt, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
 from engine.processes import die_with_parent
-from engine.store.database import make_engine, writer
+from engine.store.database import checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
 # The database itself failed (unreachable, locked past the busy timeout, disk full): the
@@ -60,7 +60,10 @@ class Writer:
     """Parses and commits groups of deliveries over its own engine (thread or process)."""
 
     def __init__(self, url: str, busy_timeout_ms: int = 10_000):
-        self.engine = writer(make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1))
+        engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1)
+        if engine.dialect.name == "sqlite":
+            checkpoint_in_background(engine)
+        self.engine = writer(engine)
 
     def commit(self, items: list[tuple[bytes, Envelope]]) -> list[Receipt | Exception]:
         """Commit all in one transaction; after a pipeline fault, each on its own."""

@@ -80,3 +80,29 @@ def test_readers_do_not_take_the_write_lock(store: Engine) -> None:
             conn.execute(insert(Message).values(
                 dedupe_key="k2", message_id_header="<b@c>", account_id=1, raw=b"y",
                 date=datetime(2026, 1, 1, tzinfo=UTC)))
+
+
+def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Path) -> None:
+    """The writer's commits never pay for a checkpoint; a thread moves the WAL into the DB."""
+    import os
+    import time
+
+    from helpers import store_with_accounts
+
+    from engine.store.database import checkpoint_in_background, writer
+
+    engine = store_with_accounts(f"sqlite:///{tmp_path / 'c.db'}")
+    engine.dispose()  # new connections get the no-autocheckpoint pragma
+    db_file = tmp_path / "c.db"
+    before = os.path.getsize(db_file)
+    checkpoint_in_background(engine, every=0.2)
+    with writer(engine).begin() as conn:
+        conn.execute(insert(Message), [
+            {"dedupe_key": f"k{i}", "message_id_header": f"<{i}@c>", "account_id": 1,
+             "date": datetime(2026, 1, 1, tzinfo=UTC), "raw": b"x" * 4000} for i in range(500)])
+    assert os.path.getsize(db_file) == before  # the commit itself did not checkpoint
+    deadline = time.monotonic() + 10
+    while os.path.getsize(db_file) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.getsize(db_file) > before + 500 * 4000
+    engine.dispose()
