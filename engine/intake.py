@@ -61,9 +61,14 @@ class Writer:
 
     def __init__(self, url: str, busy_timeout_ms: int = 10_000):
         engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1)
-        if engine.dialect.name == "sqlite":
-            checkpoint_in_background(engine)
+        self._checkpoints = (checkpoint_in_background(engine)
+                             if engine.dialect.name == "sqlite" else None)
         self.engine = writer(engine)
+
+    def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.set()
+        self.engine.dispose()
 
     def commit(self, items: list[tuple[bytes, Envelope]]) -> list[Receipt | Exception]:
         """Commit all in one transaction; after a pipeline fault, each on its own."""
@@ -122,6 +127,7 @@ class Intake:
         self.max_batch = max_batch
         self.isolate = isolate
         self._executor: Executor | None = None
+        self._writer: Writer | None = None  # in-thread writer only
         self._commit = None
         self._queue: asyncio.Queue[tuple[tuple[bytes, Envelope], asyncio.Future[Receipt]]] = (
             asyncio.Queue())
@@ -142,7 +148,8 @@ class Intake:
             await loop.run_in_executor(self._executor, _child_ready)  # spawn and import now
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
-            self._commit = Writer(self.url, self.busy_timeout_ms).commit
+            self._writer = Writer(self.url, self.busy_timeout_ms)
+            self._commit = self._writer.commit
 
     async def stop(self) -> None:
         """Commit everything already handed in, then stop the writer."""
@@ -153,6 +160,8 @@ class Intake:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
 
     async def receive(self, raw: bytes, envelope: Envelope) -> Receipt:
         """Store one delivery; returns after commit, raises StoreUnavailable otherwise."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +92,16 @@ def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000,
     return create_async_engine(async_url, pool_size=pool_size, pool_pre_ping=True)
 
 
-def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Thread:
+def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Event:
     """Move SQLite's WAL checkpoints off ``engine``'s commits onto a daemon thread.
 
     By default the commit that crosses 1,000 WAL pages copies them into the database file
     and fsyncs it, a multi-millisecond stall every ~50 deliveries that set the gateway's p99.
     Here ``engine``'s connections never checkpoint; a thread with its own connection runs a
-    PASSIVE checkpoint (which never blocks writers) every ``every`` seconds.
+    PASSIVE checkpoint (which never blocks writers) every ``every`` seconds until the
+    returned event is set.
     """
+    stop = threading.Event()
     event.listen(engine, "connect",
                  lambda dbapi_conn, _rec: dbapi_conn.execute("PRAGMA wal_autocheckpoint=0"))
 
@@ -109,16 +110,15 @@ def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Th
 
         conn = sqlite3.connect(make_url(engine.url).database, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=1000")
-        while True:
-            time.sleep(every)
+        while not stop.wait(every):
             try:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:  # e.g. busy: the next round catches up
                 logging.getLogger(__name__).debug("checkpoint skipped: %s", exc)
+        conn.close()
 
-    thread = threading.Thread(target=loop, name="wal-checkpoint", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=loop, name="wal-checkpoint", daemon=True).start()
+    return stop
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
