@@ -78,3 +78,14 @@ def test_user_add_hashes_the_password(gateway: Instance) -> None:
     assert "s3cret-pass" not in stored and stored.startswith("scrypt:")
     dup = gateway.cli("user", "add", "agent1", check=False)
     assert dup.returncode != 0 and "already exists" in dup.stderr
+
+
+def test_db_upgrade_creates_the_schema(instance: Instance) -> None:
+    instance.write()
+    result = instance.cli("db", "upgrade")
+    assert "database at head" in result.stdout
+    from engine.store.database import current_revision
+
+    assert current_revision(instance.engine) == "0001"
+    check = instance.cli("config", "check")
+    assert "is valid (2 accounts)" in check.stdout
