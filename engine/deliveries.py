@@ -14,11 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.decisions import RulesContext, decision_columns, matched_rules
 from engine.mime import ParsedMessage, parse_message
-from engine.store.models import Attachment, Blob, History, Message, MessageAccount
+from engine.store.models import Attachment, Blob, History, Message, MessageAccount, RuleStat
 from engine.store.prepared import insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
+from rules.evaluate import Decision, RuleTrace
 
 _MESSAGES = Message.__table__
 _FIND_KEYS = select(_MESSAGES.c.dedupe_key, _MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
@@ -70,39 +73,100 @@ def raw_key(raw: bytes) -> str:
     return hashlib.sha256(b"raw\0" + raw).hexdigest()
 
 
-def store_batch(conn: Connection, deliveries: list[Delivery]) -> list[Receipt]:
-    """Store deliveries (in order) in the caller's transaction; one receipt each."""
+@dataclass(frozen=True)
+class Rejected:
+    """A rule refused the message inside the SMTP transaction: nothing was stored."""
+
+    message: str
+    rule: str | None
+
+
+def store_batch(conn: Connection, deliveries: list[Delivery],
+                rules: RulesContext | None = None) -> list[Receipt | Rejected]:
+    """Decide and store deliveries (in order) in the caller's transaction; one outcome each."""
     keys = [dedupe_key(d.parsed.message_id, d.parsed.body_hash) for d in deliveries]
     known = {row[0]: row for row in select_rows(conn, _FIND_KEYS, {"keys": keys}, ["keys"])}
     threads = ThreadBatch.load(conn, [d.parsed for d in deliveries])
     fresh: dict[str, int] = {}  # key → index in ``rows``
     rows: list[dict[str, Any]] = []
     slots: list[Any] = []
-    plan: list[tuple[str, Any]] = []  # ("known", key) | ("new", row index) | ("again", index)
+    decisions: list[Decision | None] = []
+    plan: list[tuple[str, Any]] = []  # (known, key) | (new, row index) | (again, index) | ...
     for key, d in zip(keys, deliveries, strict=True):
         if key in known or key in fresh:  # a redelivery, maybe within this very batch
             plan.append(("known", key) if key in known else ("again", fresh[key]))
+            continue
+        decision = _decide(conn, rules, d, threads)
+        if decision is not None and decision.reject is not None:
+            plan.append(("rejected", Rejected(decision.reject, decision.stopped_by)))
             continue
         slot, reason = threads.resolve(d.parsed, d.envelope.received_at)
         fresh[key] = len(rows)
         plan.append(("new", len(rows)))
         rows.append(message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
-                    | {"thread_reason": reason})
+                    | {"thread_reason": reason}
+                    | decision_columns(decision, d.envelope.received_at))
         slots.append(slot)
+        decisions.append(decision)
     thread_ids = threads.flush()
     for row, slot in zip(rows, slots, strict=True):
         row["thread_id"] = thread_ids[slot]
     pks = insert_returning_ids(conn, _MESSAGES, rows)
-    receipts = [Receipt(known[ref][1], True, bool(known[ref][2])) if kind == "known"
-                else Receipt(pks[ref], kind == "again", False) for kind, ref in plan]
-    _record_accounts(conn, [(r.message_pk, d.envelope)
-                            for r, d in zip(receipts, deliveries, strict=True)])
+    outcomes = [_outcome(kind, ref, known, pks) for kind, ref in plan]
+    _record_accounts(conn, [(r.message_pk, d.envelope) for r, d in zip(outcomes, deliveries,
+                                                                       strict=True)
+                            if isinstance(r, Receipt)])
     new = [(pks[ref], deliveries[i], rows[ref]) for i, (kind, ref) in enumerate(plan)
            if kind == "new"]
     _store_attachments(conn, [(pk, d.parsed) for pk, d, _ in new])
     _history(conn, [(pk, row["thread_id"], d.envelope, "received",
                      {"thread_reason": row["thread_reason"]}) for pk, d, row in new])
-    return receipts
+    _history(conn, [(pk, row["thread_id"], d.envelope, action["type"], action)
+                    for (pk, d, row), decision in zip(new, decisions, strict=True)
+                    if decision is not None for action in decision.actions])
+    _count_hits(conn, [decision for decision in decisions if decision is not None]
+                + [d for d in _rejections(plan)], deliveries[0].envelope.received_at
+                if deliveries else None)
+    return outcomes
+
+
+def _decide(conn: Connection, rules: RulesContext | None, d: Delivery,
+            threads: ThreadBatch) -> Decision | None:
+    if rules is None:
+        return None
+    slot, _ = threads.find(d.parsed)
+    return rules.decide(conn, d.parsed, size=len(d.raw), received_at=d.envelope.received_at,
+                        accounts=[a for a, _ in d.envelope.recipients],
+                        thread=slot if isinstance(slot, int) else None)
+
+
+def _outcome(kind: str, ref: Any, known: dict[str, Any], pks: list[int]) -> Receipt | Rejected:
+    if kind == "known":
+        return Receipt(known[ref][1], True, bool(known[ref][2]))
+    if kind == "rejected":
+        return ref
+    return Receipt(pks[ref], kind == "again", False)
+
+
+def _rejections(plan: list[tuple[str, Any]]) -> list[Decision]:
+    return [Decision(version="", stopped_by=r.rule, trace=[RuleTrace(r.rule, "reject", True)])
+            for kind, r in plan if kind == "rejected" and r.rule]
+
+
+def _count_hits(conn: Connection, decisions: list[Decision], when: Any) -> None:
+    hits: dict[str, int] = {}
+    for decision in decisions:
+        for name in matched_rules(decision):
+            hits[name] = hits.get(name, 0) + 1
+    if hits:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(RuleStat.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["rule"],
+            set_={"hits": RuleStat.__table__.c.hits + stmt.excluded.hits,
+                  "last_matched_at": stmt.excluded.last_matched_at})
+        conn.execute(stmt, [{"rule": r, "hits": n, "last_matched_at": when}
+                            for r, n in sorted(hits.items())])
 
 
 def store_raw(conn: Connection, raw: bytes, envelope: Envelope, error: str,
@@ -177,7 +241,8 @@ def message_columns(parsed: ParsedMessage) -> dict[str, Any]:
 _UNPARSED: dict[str, Any] = {
     "from_addr": "", "from_name": "", "to_addrs": [], "cc_addrs": [], "in_reply_to": None,
     "charset": None, "body_text": "", "body_html": None, "defects": [], "thread_id": None,
-    "thread_reason": None,
+    "thread_reason": None, "rule_version": None, "decision": None, "route_group": None,
+    "route_agent": None,
 }
 
 
@@ -195,6 +260,10 @@ def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, Any
         "error": None,
         "direction": "inbound",
         "classification": None,
+        "rule_version": None,
+        "decision": None,
+        "route_group": None,
+        "route_agent": None,
         "assigned_user_id": None,
         "group_id": None,
         "deleted_at": None,

@@ -25,11 +25,13 @@ import os
 import traceback
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from engine.deliveries import Delivery, Envelope, Receipt, store_batch, store_raw
+from engine.decisions import RuleFiles, RulesContext
+from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
 from engine.processes import die_with_parent
 from engine.store.database import checkpoint_in_background, make_engine, writer
@@ -48,6 +50,9 @@ class StoreUnavailable(Exception):
     """The message could not be committed; the sender must try again later (4xx)."""
 
 
+Outcome = Receipt | Rejected | Exception
+
+
 @dataclass
 class _Job:
     raw: bytes
@@ -59,7 +64,9 @@ class _Job:
 class Writer:
     """Parses and commits groups of deliveries over its own engine (thread or process)."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 10_000):
+    def __init__(self, url: str, busy_timeout_ms: int = 10_000,
+                 rules: RuleFiles | None = None):
+        self.rules = rules
         engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1)
         self._checkpoints = (checkpoint_in_background(engine)
                              if engine.dialect.name == "sqlite" else None)
@@ -70,29 +77,37 @@ class Writer:
             self._checkpoints.set()
         self.engine.dispose()
 
-    def commit(self, items: list[tuple[bytes, Envelope]]) -> list[Receipt | Exception]:
+    def commit(self, items: list[tuple[bytes, Envelope]]) -> list[Outcome]:
         """Commit all in one transaction; after a pipeline fault, each on its own."""
         jobs = [_make_job(raw, envelope) for raw, envelope in items]
+        rules = self.rules.context() if self.rules is not None else None
         try:
             with self.engine.begin() as conn:
-                return _store_all(conn, jobs)
+                return _store_all(conn, jobs, rules)
         except UNAVAILABLE as exc:  # every sender retries
             log.error("store unavailable: %s", exc.orig)
             return [StoreUnavailable(str(exc.orig))] * len(jobs)
         except Exception:  # noqa: BLE001 — a pipeline fault: isolate the message(s) causing it
             log.warning("group of %d failed in the pipeline; storing one by one", len(jobs))
-        outcomes: list[Receipt | Exception] = []
+        outcomes: list[Outcome] = []
         for job in jobs:
             if outcomes and isinstance(outcomes[-1], StoreUnavailable):
                 outcomes.append(outcomes[-1])  # don't wait out a dead database per message
             else:
-                outcomes.append(self._commit_one(job))
+                outcomes.append(self._commit_one(job, rules))
         return outcomes
 
-    def _commit_one(self, job: _Job) -> Receipt | Exception:
+    def status(self) -> dict[str, Any]:
+        """Rule set version and reload error, for /healthz."""
+        if self.rules is None:
+            return {"rules_version": None, "rules_error": None}
+        return {"rules_version": self.rules.context().ruleset.version,
+                "rules_error": self.rules.error}
+
+    def _commit_one(self, job: _Job, rules: RulesContext | None) -> Outcome:
         try:
             with self.engine.begin() as conn:
-                return _store_guarded(conn, job)
+                return _store_guarded(conn, job, rules)
         except Exception as exc:  # noqa: BLE001 — not even the raw bytes went in: retry later
             log.error("store unavailable: %s", exc)
             return StoreUnavailable(str(exc))
@@ -102,15 +117,22 @@ class Writer:
 _child_writer: Writer | None = None
 
 
-def _start_child(parent: int, url: str, busy_timeout_ms: int) -> None:
+def _start_child(parent: int, url: str, busy_timeout_ms: int, rules: RuleFiles | None) -> None:
     global _child_writer
     die_with_parent(parent)  # a killed gateway must not leave its writer behind
-    _child_writer = Writer(url, busy_timeout_ms)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _child_writer = Writer(url, busy_timeout_ms, rules)
 
 
-def _child_commit(items: list[tuple[bytes, Envelope]]) -> list[Receipt | Exception]:
+def _child_commit(items: list[tuple[bytes, Envelope]]) -> list[Outcome]:
     assert _child_writer is not None
     return _child_writer.commit(items)
+
+
+def _child_status() -> dict[str, Any]:
+    assert _child_writer is not None
+    return _child_writer.status()
 
 
 def _child_ready() -> bool:
@@ -121,8 +143,9 @@ class Intake:
     """Queue deliveries and have the writer commit them in groups; see the module docstring."""
 
     def __init__(self, url: str, *, busy_timeout_ms: int = 10_000, max_batch: int = 64,
-                 isolate: bool = False):
+                 isolate: bool = False, rules: RuleFiles | None = None):
         self.url = url
+        self.rules = rules
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
         self.isolate = isolate
@@ -143,12 +166,12 @@ class Intake:
         if self.isolate:
             self._executor = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
-                initargs=(os.getpid(), self.url, self.busy_timeout_ms))
+                initargs=(os.getpid(), self.url, self.busy_timeout_ms, self.rules))
             self._commit = _child_commit
             await loop.run_in_executor(self._executor, _child_ready)  # spawn and import now
         else:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
-            self._writer = Writer(self.url, self.busy_timeout_ms)
+            self._writer = Writer(self.url, self.busy_timeout_ms, self.rules)
             self._commit = self._writer.commit
 
     async def stop(self) -> None:
@@ -163,7 +186,13 @@ class Intake:
         if self._writer is not None:
             self._writer.close()
 
-    async def receive(self, raw: bytes, envelope: Envelope) -> Receipt:
+    async def status(self) -> dict[str, Any]:
+        """The writer's rule set version and last reload error."""
+        if self._writer is not None:
+            return self._writer.status()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _child_status)
+
+    async def receive(self, raw: bytes, envelope: Envelope) -> Receipt | Rejected:
         """Store one delivery; returns after commit, raises StoreUnavailable otherwise."""
         if self._task is None:
             raise RuntimeError("Intake.start() was not awaited")
@@ -218,24 +247,27 @@ def _make_job(raw: bytes, envelope: Envelope) -> _Job:
         return _Job(raw, envelope, None, traceback.format_exc(limit=5))
 
 
-def _store_all(conn: Connection, jobs: list[_Job]) -> list[Receipt]:
+def _store_all(conn: Connection, jobs: list[_Job],
+               rules: RulesContext | None) -> list[Receipt | Rejected]:
     """The fast path: parsed jobs in one batch, unparseable ones raw."""
     parsed = [(i, Delivery(j.raw, j.envelope, j.parsed)) for i, j in enumerate(jobs)
               if j.parsed is not None]
-    receipts: dict[int, Receipt] = dict(zip(
-        [i for i, _ in parsed], store_batch(conn, [d for _, d in parsed]), strict=True))
+    receipts: dict[int, Receipt | Rejected] = dict(zip(
+        [i for i, _ in parsed], store_batch(conn, [d for _, d in parsed], rules), strict=True))
     for i, job in enumerate(jobs):
         if i not in receipts:
             receipts[i] = store_raw(conn, job.raw, job.envelope, job.parse_error or "", None)
     return [receipts[i] for i in range(len(jobs))]
 
 
-def _store_guarded(conn: Connection, job: _Job) -> Receipt:
+def _store_guarded(conn: Connection, job: _Job,
+                   rules: RulesContext | None) -> Receipt | Rejected:
     """Store one job; if the pipeline fails on it, keep its bytes marked for attention."""
     if job.parsed is not None:
         try:
             with conn.begin_nested():
-                return store_batch(conn, [Delivery(job.raw, job.envelope, job.parsed)])[0]
+                delivery = Delivery(job.raw, job.envelope, job.parsed)
+                return store_batch(conn, [delivery], rules)[0]
         except UNAVAILABLE:
             raise
         except Exception:  # noqa: BLE001 — the fault is recorded on the message

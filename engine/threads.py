@@ -114,7 +114,7 @@ class ThreadBatch:
 
     def resolve(self, parsed: ParsedMessage, now: datetime) -> tuple[int | tuple[str, int], str]:
         """The message's thread slot and the signal that chose it; records the message."""
-        slot, reason = self._find(parsed)
+        slot, reason = self.find(parsed)
         if slot is None:
             key, _ = normalize_subject(parsed.subject)
             self.new.append(_NewThread(parsed.subject, key, now, parsed.date))
@@ -128,7 +128,8 @@ class ThreadBatch:
         self.joined.append((slot, parsed))
         return slot, reason
 
-    def _find(self, parsed: ParsedMessage) -> tuple[int | tuple[str, int] | None, str]:
+    def find(self, parsed: ParsedMessage) -> tuple[int | tuple[str, int] | None, str]:
+        """The thread ``parsed`` would join (no side effects); None for a new one."""
         for ref in cited_ids(parsed):
             if ref in self.refs:
                 reason = REASON_IN_REPLY_TO if ref == parsed.in_reply_to else REASON_REFERENCES

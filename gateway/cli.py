@@ -20,6 +20,7 @@ from engine.config import ConfigError, Settings, load_settings
 from engine.store import database
 from engine.store.models import Account, Attachment, Message, MessageAccount, User
 from engine.users import create_user, generate_password
+from gateway.rules_cli import rules as rules_cmd
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "engine" / "defaults"
 RULES_EXAMPLE = Path(__file__).resolve().parent.parent / "rules.example.yaml"
@@ -278,6 +279,8 @@ def user_list(ctx: click.Context, as_json: bool) -> None:
     click.echo(json.dumps(users, indent=2) if as_json else
                "\n".join(f"{u['username']}{' (admin)' if u['admin'] else ''}" for u in users))
 
+
+main.add_command(rules_cmd)
 
 if __name__ == "__main__":
     main()

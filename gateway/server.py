@@ -24,6 +24,7 @@ from sqlalchemy import Engine, text
 
 from engine.accounts import AccountDirectory, sync_accounts
 from engine.config import Settings, parse_listen
+from engine.decisions import RuleFiles
 from engine.intake import Intake
 from engine.store.database import make_engine
 from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_context
@@ -43,8 +44,10 @@ class Gateway:
         self.worker = worker
         self.engine = _engine(settings)  # health checks; the intake writer has its own
         self.stats = GatewayStats()
+        rules = RuleFiles([str(p) for p in settings.rules], directory.names)
         self.intake = Intake(settings.database_url, max_batch=settings.gateway.max_batch,
-                             busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True)
+                             busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True,
+                             rules=rules)
         self.servers: dict[str, asyncio.Server] = {}
         self.handlers: list[IntakeHandler] = []
         self.stopping = asyncio.Event()
@@ -93,7 +96,7 @@ class Gateway:
         log.info("stopping")
         await self.stop()
 
-    def health(self) -> dict[str, Any]:
+    def health(self, rules: dict[str, Any] | None = None) -> dict[str, Any]:
         """Liveness plus counters; ``database`` says whether a trivial query works."""
         try:
             with self.engine.connect() as conn:
@@ -109,6 +112,7 @@ class Gateway:
             "time": datetime.now(UTC).isoformat(),
             "listeners": sorted(self.servers),
             "gateway": stats,
+            "rules": rules or {},
         }
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -117,7 +121,8 @@ class Gateway:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
             if path.split("?")[0] in ("/healthz", "/health", "/"):
-                body = await asyncio.get_running_loop().run_in_executor(None, self.health)
+                rules = await self.intake.status()
+                body = await asyncio.get_running_loop().run_in_executor(None, self.health, rules)
                 code = "200 OK" if body["status"] == "ok" else "503 Service Unavailable"
                 payload = json.dumps(body).encode()
             else:

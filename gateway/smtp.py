@@ -27,6 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from engine.accounts import AccountDirectory
 from engine.deliveries import Envelope as IntakeEnvelope
+from engine.deliveries import Rejected
 from engine.intake import Intake, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ NO_SUCH_USER = "550 5.1.1 <{address}>: no support account here for this address"
 TOO_BIG = "552 5.3.4 Message exceeds the size limit of {limit} bytes"
 NOT_ALLOWED = "554 5.7.1 Your network is not allowed to deliver here"
 TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, please retry"
+REJECTED = "550 5.7.1 {message}"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry"
 
 # aiosmtpd writes a few fixed replies itself; we give them enhanced status codes.
@@ -55,6 +57,7 @@ class GatewayStats:
     needs_attention: int = 0
     rejected_recipients: int = 0
     tempfailed: int = 0
+    rejected_by_rules: int = 0
     refused_clients: int = 0
     in_flight: int = 0
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -124,6 +127,11 @@ class IntakeHandler:
             self.stats.tempfailed += 1
             log.warning("tempfail for %s: %s", envelope.mail_from, exc)
             return TEMP_FAILURE
+        if isinstance(receipt, Rejected):
+            self.stats.rejected_by_rules += 1
+            log.info("rejected by rule %s: from=%s to=%s", receipt.rule, envelope.mail_from,
+                     ",".join(envelope.rcpt_tos))
+            return REJECTED.format(message=_one_line(receipt.message))
         self.stats.accepted += 1
         self.stats.duplicates += receipt.duplicate
         self.stats.needs_attention += receipt.needs_attention
@@ -151,6 +159,12 @@ class IntakeHandler:
         log.exception("gateway fault", exc_info=error)
         self.stats.tempfailed += 1
         return TEMP_FAILURE
+
+
+def _one_line(text: str) -> str:
+    """A rule's text as a safe single SMTP reply line."""
+    clean = " ".join(text.split())
+    return "".join(c for c in clean if 32 <= ord(c) < 127)[:400] or "Message refused by policy"
 
 
 @functools.lru_cache(maxsize=2)

@@ -149,6 +149,11 @@ class Message(Base):
     thread_reason: Mapped[str | None] = mapped_column(String(40))
     state: Mapped[str] = mapped_column(String(20), default=MessageState.QUEUED.value)
     classification: Mapped[str | None] = mapped_column(String(100))
+    # where routing sent it (names from the rules; resolved to ids when agents exist)
+    route_group: Mapped[str | None] = mapped_column(String(100))
+    route_agent: Mapped[str | None] = mapped_column(String(100))
+    rule_version: Mapped[str | None] = mapped_column(String(20))
+    decision: Mapped[dict | None] = mapped_column(JSON)  # the rules' Decision, with trace
     assigned_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))
     needs_attention: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -222,6 +227,16 @@ class History(Base):
     reason_code: Mapped[str | None] = mapped_column(String(60))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class RuleStat(Base):
+    """How often each rule matched, and when last (``postdesk rules stats``)."""
+
+    __tablename__ = "rule_stats"
+
+    rule: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hits: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_matched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class User(Base):

@@ -86,6 +86,6 @@ def test_db_upgrade_creates_the_schema(instance: Instance) -> None:
     assert "database at head" in result.stdout
     from engine.store.database import current_revision
 
-    assert current_revision(instance.engine) == "0001"
+    assert current_revision(instance.engine) == "0002"
     check = instance.cli("config", "check")
     assert "is valid (2 accounts)" in check.stdout

@@ -1,0 +1,132 @@
+"""Running the rules inside the intake (pipeline step between threading and storing).
+
+``RulesContext`` holds the loaded rule set, account names and the procedure runner; it
+turns one parsed delivery into a ``Decision`` and the decision into message columns and
+history rows. The rule evaluation itself is pure (``rules.evaluate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+
+from engine.facts import message_facts
+from engine.mime import ParsedMessage
+from engine.procedures import ProcedureRunner
+from engine.store.models import Message
+from engine.store.prepared import select_rows
+from rules.evaluate import Decision, evaluate
+from rules.parsers import extract_fields
+from rules.schema import EMPTY, RuleSet
+
+log = logging.getLogger(__name__)
+_M = Message.__table__
+_THREAD_STATE = (select(_M.c.state).where(_M.c.thread_id == bindparam("tid"))
+                 .order_by(_M.c.id.desc()).limit(1))
+
+
+@dataclass
+class RulesContext:
+    """What the writer needs to decide: the rule set (swapped on reload) and helpers."""
+
+    ruleset: RuleSet = EMPTY
+    account_names: dict[int, str] = field(default_factory=dict)
+    procedures: ProcedureRunner | None = None
+
+    def decide(self, conn: Connection, parsed: ParsedMessage, *, size: int, received_at: Any,
+               accounts: list[int], thread: int | None) -> Decision:
+        """Evaluate the rules of the message's first account over its facts."""
+        names = [self.account_names.get(a, str(a)) for a in accounts]
+        fields = extract_fields(self.ruleset, parsed.subject, parsed.text)
+        lazy: dict[str, Callable[[], Any]] = {"thread.state": lambda: _thread_state(conn, thread)}
+        facts = message_facts(parsed, size=size, received_at=received_at, accounts=names,
+                              thread_known=thread is not None, fields=fields, lazy=lazy)
+        decision = evaluate(self.ruleset, facts, names[0] if names else None, self.procedures)
+        decision.fields = fields
+        return decision
+
+
+def _thread_state(conn: Connection, thread: int | None) -> str | None:
+    if thread is None:
+        return None
+    rows = select_rows(conn, _THREAD_STATE, {"tid": thread})
+    return rows[0][0] if rows else None
+
+
+def decision_columns(decision: Decision | None, received_at: Any) -> dict[str, Any]:
+    """Message columns that record a decision (state, classification, route, trace)."""
+    if decision is None:
+        return {"rule_version": None, "decision": None, "route_group": None,
+                "route_agent": None}
+    target = decision.route or {}
+    return {
+        "state": decision.state,
+        "classification": decision.classification,
+        "route_group": target.get("group"),
+        "route_agent": target.get("agent"),
+        "rule_version": decision.version,
+        "decision": decision.to_json(),
+        "deleted_at": received_at if decision.state == "deleted" else None,
+    }
+
+
+def matched_rules(decision: Decision) -> list[str]:
+    return [t.rule for t in decision.trace if t.matched]
+
+
+@dataclass
+class RuleFiles:
+    """The configured rule files, reloaded when they change (checked once per group).
+
+    A change that does not validate keeps the running rule set and records the error
+    (log, ``/healthz``); the next good save replaces it atomically between groups, so each
+    message is evaluated by exactly one version (recorded on the message).
+    """
+
+    paths: list[str]
+    account_names: dict[int, str]
+    procedure_timeout_ms: int = 500
+    error: str | None = None
+    _context: RulesContext | None = None
+    _stamp: tuple[Any, ...] = ()
+
+    def context(self) -> RulesContext:
+        stamp = tuple(_mtime(p) for p in self.paths)
+        if self._context is None or stamp != self._stamp:
+            self._stamp = stamp
+            self._reload()
+        assert self._context is not None
+        return self._context
+
+    def _reload(self) -> None:
+        from pathlib import Path
+
+        from rules.schema import RuleErrors, load_rules
+
+        try:
+            ruleset = load_rules([Path(p) for p in self.paths],
+                                 set(self.account_names.values()))
+        except RuleErrors as exc:
+            self.error = str(exc)
+            log.error("rules not reloaded, keeping version %s:\n%s",
+                      self._context.ruleset.version if self._context else "none", exc)
+            if self._context is None:
+                self._context = RulesContext(EMPTY, self.account_names, None)
+            return
+        self.error = None
+        runner = ProcedureRunner(ruleset.procedure_timeout_ms)
+        self._context = RulesContext(ruleset, self.account_names, runner)
+        log.info("rules version %s loaded (%d rules)", ruleset.version, len(ruleset.rules))
+
+
+def _mtime(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

@@ -1,0 +1,179 @@
+"""Condition keys and operators: the vocabulary of ``when:`` blocks (pure, no I/O).
+
+A key names a fact about the message (``subject``, ``sender.domain``, ``header.X-Spam``);
+an operator compares that fact with the rule's operand. Both live in registries, one small
+named unit each (Mailman-style), so ``rules check`` can list them and suggest the nearest
+valid name for a typo. Facts come from the caller as a mapping; a missing fact is ``None``.
+List-valued facts (``to``, ``attachment.name``) match when any element matches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import regex
+
+REGEX_TIMEOUT = 0.05  # seconds per match: a catastrophic pattern fails closed, never hangs
+
+
+@dataclass(frozen=True)
+class Key:
+    """A fact a condition can test; ``kind`` decides which operators make sense."""
+
+    name: str
+    kind: str  # text | number | date | time | weekday | bool | list
+    help: str
+
+
+KEYS: dict[str, Key] = {k.name: k for k in [
+    Key("sender.address", "text", "the From address, lower case"),
+    Key("sender.domain", "text", "the domain of the From address"),
+    Key("sender.name", "text", "the From display name"),
+    Key("to", "list", "every To address"),
+    Key("cc", "list", "every Cc address"),
+    Key("recipient.account", "list", "the accounts the message was delivered to"),
+    Key("subject", "text", "the subject, decoded, without our reference tag"),
+    Key("body", "text", "the text body (HTML-only mail: its text rendering)"),
+    Key("size", "number", "the raw message size in bytes"),
+    Key("received.date", "date", "the day it arrived (UTC), YYYY-MM-DD"),
+    Key("received.time", "time", "the time it arrived (UTC), HH:MM"),
+    Key("received.weekday", "weekday", "mon, tue, wed, thu, fri, sat or sun"),
+    Key("attachment.present", "bool", "whether it has attachments"),
+    Key("attachment.type", "list", "attachment content types, e.g. application/pdf"),
+    Key("attachment.name", "list", "attachment file names"),
+    Key("language", "text", "detected language code, e.g. en"),
+    Key("charset", "text", "charset of the text body"),
+    Key("classification", "text", "the classification a classification rule gave it"),
+    Key("intent", "text", "the detected intent"),
+    Key("thread.known", "bool", "whether it joined an existing thread"),
+    Key("thread.state", "text", "state of that thread's latest message"),
+]}
+# Families: any name after the dot is allowed.
+PREFIXES: dict[str, Key] = {
+    "header.": Key("header.NAME", "text", "any header by name, e.g. header.X-Priority"),
+    "customer.": Key("customer.FIELD", "text", "a field of the sender's customer record"),
+    "tag.": Key("tag.KEY", "text", "a value from the reference tag of a reply"),
+    "field.": Key("field.NAME", "text", "a value extracted by a parser definition"),
+}
+
+
+def key_for(name: str) -> Key | None:
+    """The Key for ``name`` (a fixed key or a member of a prefixed family)."""
+    if name in KEYS:
+        return KEYS[name]
+    for prefix, key in PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return key
+    return None
+
+
+def all_key_names() -> list[str]:
+    return [*KEYS, *(k.name for k in PREFIXES.values())]
+
+
+# --- operators -----------------------------------------------------------------------------
+
+Test = Callable[[Any, Any], bool]
+
+
+@dataclass(frozen=True)
+class Operator:
+    """``test(fact, operand)``; operands are prepared once by ``prepare`` when rules load."""
+
+    name: str
+    kinds: frozenset[str]
+    test: Test
+    prepare: Callable[[Any, bool], Any] = lambda operand, sensitive: operand
+    casefold: bool = False  # compare case-insensitively unless ``case: sensitive``
+
+
+TEXTY = frozenset({"text", "list"})
+ORDERED = frozenset({"number", "date", "time", "text"})
+
+
+def _fold(value: Any, sensitive: bool) -> Any:
+    if isinstance(value, str) and not sensitive:
+        return value.casefold()
+    if isinstance(value, list) and not sensitive:
+        return [v.casefold() if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _compile(pattern: Any, sensitive: bool) -> Any:
+    return regex.compile(str(pattern), 0 if sensitive else regex.IGNORECASE)
+
+
+def _matches(fact: Any, pattern: Any) -> bool:
+    try:
+        return pattern.search(fact, timeout=REGEX_TIMEOUT) is not None
+    except TimeoutError:
+        return False
+
+
+def _ordered(op: Callable[[Any, Any], bool]) -> Test:
+    def test(fact: Any, operand: Any) -> bool:
+        try:
+            return bool(op(fact, operand))
+        except TypeError:
+            return False
+    return test
+
+
+OPERATORS: dict[str, Operator] = {o.name: o for o in [
+    Operator("equals", TEXTY | ORDERED | {"bool", "weekday"}, lambda f, o: f == o,
+             _fold, casefold=True),
+    Operator("not_equals", TEXTY | ORDERED | {"bool", "weekday"}, lambda f, o: f != o,
+             _fold, casefold=True),
+    Operator("contains", TEXTY, lambda f, o: o in f, _fold, casefold=True),
+    Operator("starts_with", TEXTY, lambda f, o: f.startswith(o), _fold, casefold=True),
+    Operator("ends_with", TEXTY, lambda f, o: f.endswith(o), _fold, casefold=True),
+    Operator("matches", TEXTY, _matches, _compile),
+    Operator("in", TEXTY | ORDERED | {"weekday", "bool"}, lambda f, o: f in o, _fold,
+             casefold=True),
+    Operator("less_than", ORDERED, _ordered(lambda f, o: f < o)),
+    Operator("greater_than", ORDERED, _ordered(lambda f, o: f > o)),
+    Operator("before", frozenset({"date", "time"}), _ordered(lambda f, o: f < o)),
+    Operator("after", frozenset({"date", "time"}), _ordered(lambda f, o: f > o)),
+    Operator("exists", frozenset({"text", "list", "number", "date", "time", "bool",
+                                   "weekday"}), lambda f, o: True),
+]}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def coerce_operand(kind: str, op: str, value: Any) -> Any:
+    """Turn a YAML operand into the fact's type; raises ValueError with a readable reason."""
+    if op == "exists":
+        if not isinstance(value, bool):
+            raise ValueError("exists takes true or false")
+        return value
+    if op == "in":
+        if not isinstance(value, list) or not value:
+            raise ValueError("in takes a non-empty list")
+        return [_coerce_one(kind, v) for v in value]
+    return _coerce_one(kind, value)
+
+
+def _coerce_one(kind: str, value: Any) -> Any:
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
+    if kind == "date":
+        return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    if kind == "time":
+        return dt.time.fromisoformat(str(value)).strftime("%H:%M")
+    if kind == "weekday":
+        day = str(value).lower()[:3]
+        if day not in WEEKDAYS:
+            raise ValueError(f"expected one of {', '.join(WEEKDAYS)}, got {value!r}")
+        return day
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if isinstance(value, list | dict):
+        raise ValueError(f"expected a single value, got {value!r}")
+    return str(value)
