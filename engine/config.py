@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.yamlnodes import NodeLocator, load_with_locator
 
@@ -61,12 +68,32 @@ class Strict(BaseModel):
 
 
 class SecretRef(Strict):
-    """A secret taken from the environment at start-up: ``{env: NAME}``."""
+    """A secret read at start-up from the environment (``{env: NAME}``) or from a file
+    readable only by Postdesk (``{file: PATH}``, relative to the config file)."""
 
-    env: str
+    env: str | None = None
+    file: Path | None = None
 
-    def resolve(self) -> str | None:
-        return os.environ.get(self.env)
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def resolve(self, environ: dict[str, str] | None = None) -> str | None:
+        if self.env is not None:
+            return (os.environ if environ is None else environ).get(self.env)
+        try:
+            return Path(self.file).read_text().strip()  # type: ignore[arg-type]
+        except OSError:
+            return None
+
+
+class TagSettings(Strict):
+    """Reference-tag keys: ``current`` seals new tags; every listed key still opens old ones."""
+
+    current: str
+    keys: dict[str, SecretRef] = Field(min_length=1)
 
 
 def parse_listen(value: str) -> tuple[str, int] | None:
@@ -204,6 +231,7 @@ class Settings(Strict):
     rules: list[Path] = []
     drivers: dict[str, Driver] = Field(default_factory=_default_drivers)
     accounts: list[AccountSettings] = []
+    tags: TagSettings | None = None
     source: str = "<defaults>"
 
     @property
@@ -255,7 +283,9 @@ def load_settings(path: str | Path | None = None,
     settings = _validate(data, path, locator)
     _check_references(settings, path, locator)
     _check_secrets(settings, path, locator, environ)
-    return _resolve_paths(settings, path.parent)
+    settings = _resolve_paths(settings, path.parent)
+    _check_tags(settings, path, locator, environ)
+    return settings
 
 
 def _validate(data: dict[str, Any], path: Path, locator: NodeLocator) -> Settings:
@@ -340,6 +370,8 @@ def _check_secrets(settings: Settings, path: Path, locator: NodeLocator,
             name = use if isinstance(use, str) else use.driver
             extra = {} if isinstance(use, str) else (use.model_extra or {})
             secret = extra.get("password") or getattr(settings.drivers[name], "password", None)
+            if isinstance(secret, SecretRef) and secret.file is not None:
+                continue  # files are checked when they are read
             where = [*loc, "password"] if "password" in extra else ["drivers", name, "password"]
             env = secret.get("env") if isinstance(secret, dict) else getattr(secret, "env", None)
             if env and env not in environ:
@@ -348,6 +380,43 @@ def _check_secrets(settings: Settings, path: Path, locator: NodeLocator,
                                               f"environment variable {env} is not set")
     if problems:
         raise ConfigError(list(problems.values()))
+
+
+def _check_tags(settings: Settings, path: Path, locator: NodeLocator,
+                environ: dict[str, str]) -> None:
+    """Tag keys must resolve and be usable now (a typo would silently break every reply)."""
+    if settings.tags is None:
+        return
+    from engine.tags import TagKeys  # noqa: PLC0415 — only needed when tags are configured
+
+    secrets: dict[str, str] = {}
+    problems = []
+    for kid, ref in settings.tags.keys.items():
+        value = ref.resolve(environ)
+        if value is None:
+            source = f"environment variable {ref.env}" if ref.env else f"file {ref.file}"
+            loc = ["tags", "keys", kid]
+            problems.append(ConfigProblem(str(path), locator.line_of(loc), _dotted(loc),
+                                          f"{source} is not available"))
+        else:
+            secrets[kid] = value
+    if not problems:
+        try:
+            TagKeys.from_config(secrets, settings.tags.current)
+        except ValueError as exc:
+            problems.append(ConfigProblem(str(path), locator.line_of(["tags"]), "tags", str(exc)))
+    if problems:
+        raise ConfigError(problems)
+
+
+def tag_keys(settings: Settings) -> Any:
+    """The configured ``engine.tags.TagKeys``, or None when tags are not configured."""
+    if settings.tags is None:
+        return None
+    from engine.tags import TagKeys  # noqa: PLC0415
+
+    secrets = {kid: ref.resolve() or "" for kid, ref in settings.tags.keys.items()}
+    return TagKeys.from_config(secrets, settings.tags.current)
 
 
 def _check_override(settings: Settings, use: DriverUse, loc: list[Any], report: Any) -> None:
@@ -366,6 +435,10 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         "instance_dir": absolute(settings.instance_dir),
         "rules": [absolute(p) for p in settings.rules],
     }
+    if settings.tags:
+        keys = {kid: ref.model_copy(update={"file": absolute(ref.file)}) if ref.file else ref
+                for kid, ref in settings.tags.keys.items()}
+        update["tags"] = settings.tags.model_copy(update={"keys": keys})
     if settings.gateway.starttls:
         tls = settings.gateway.starttls
         tls_abs = TLSSettings(cert=absolute(tls.cert), key=absolute(tls.key))

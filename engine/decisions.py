@@ -18,14 +18,16 @@ from sqlalchemy import Connection, bindparam, select
 from engine.facts import message_facts
 from engine.mime import ParsedMessage
 from engine.procedures import ProcedureRunner
-from engine.store.models import Message
+from engine.store.models import Message, TagValue
 from engine.store.prepared import select_rows
+from engine.tags import TagKeys, find_markers, unseal, verify
 from rules.evaluate import Decision, evaluate
 from rules.parsers import extract_fields
 from rules.schema import EMPTY, RuleSet
 
 log = logging.getLogger(__name__)
 _M = Message.__table__
+_TAG_BLOB = select(TagValue.blob).where(TagValue.reference == bindparam("ref"))
 _THREAD_STATE = (select(_M.c.state).where(_M.c.thread_id == bindparam("tid"))
                  .order_by(_M.c.id.desc()).limit(1))
 
@@ -37,15 +39,33 @@ class RulesContext:
     ruleset: RuleSet = EMPTY
     account_names: dict[int, str] = field(default_factory=dict)
     procedures: ProcedureRunner | None = None
+    tag_keys: TagKeys | None = None
+    counters: dict[str, int] = field(default_factory=lambda: {"forged_tags": 0})
+
+    def read_tag(self, conn: Connection, subject: str) -> dict[str, str]:
+        """Values of the newest genuine reference tag in ``subject``; forgeries are counted
+        and ignored, never trusted."""
+        if self.tag_keys is None:
+            return {}
+        for marker in find_markers(subject):
+            reference = verify(marker, self.tag_keys)
+            rows = select_rows(conn, _TAG_BLOB, {"ref": reference}) if reference else []
+            values = unseal(rows[0][0], reference, self.tag_keys) if rows else None
+            if values is not None:
+                return values
+            self.counters["forged_tags"] += 1
+            log.warning("ignored a reference tag that does not verify: %s", marker)
+        return {}
 
     def decide(self, conn: Connection, parsed: ParsedMessage, *, size: int, received_at: Any,
-               accounts: list[int], thread: int | None) -> Decision:
+               accounts: list[int], thread: int | None, tags: dict[str, str]) -> Decision:
         """Evaluate the rules of the message's first account over its facts."""
         names = [self.account_names.get(a, str(a)) for a in accounts]
         fields = extract_fields(self.ruleset, parsed.subject, parsed.text)
         lazy: dict[str, Callable[[], Any]] = {"thread.state": lambda: _thread_state(conn, thread)}
         facts = message_facts(parsed, size=size, received_at=received_at, accounts=names,
-                              thread_known=thread is not None, fields=fields, lazy=lazy)
+                              thread_known=thread is not None, fields=fields, tags=tags,
+                              lazy=lazy)
         decision = evaluate(self.ruleset, facts, names[0] if names else None, self.procedures)
         decision.fields = fields
         return decision
@@ -90,7 +110,7 @@ class RuleFiles:
 
     paths: list[str]
     account_names: dict[int, str]
-    procedure_timeout_ms: int = 500
+    tag_keys: TagKeys | None = None
     error: str | None = None
     _context: RulesContext | None = None
     _stamp: tuple[Any, ...] = ()
@@ -116,11 +136,13 @@ class RuleFiles:
             log.error("rules not reloaded, keeping version %s:\n%s",
                       self._context.ruleset.version if self._context else "none", exc)
             if self._context is None:
-                self._context = RulesContext(EMPTY, self.account_names, None)
+                self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
             return
         self.error = None
         runner = ProcedureRunner(ruleset.procedure_timeout_ms)
-        self._context = RulesContext(ruleset, self.account_names, runner)
+        counters = self._context.counters if self._context else {"forged_tags": 0}
+        self._context = RulesContext(ruleset, self.account_names, runner, self.tag_keys,
+                                     counters)
         log.info("rules version %s loaded (%d rules)", ruleset.version, len(ruleset.rules))
 
 

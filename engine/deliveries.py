@@ -96,11 +96,13 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
         if key in known or key in fresh:  # a redelivery, maybe within this very batch
             plan.append(("known", key) if key in known else ("again", fresh[key]))
             continue
-        decision = _decide(conn, rules, d, threads)
+        tags = rules.read_tag(conn, d.parsed.subject) if rules is not None else {}
+        tag_thread = _int(tags.get("thread"))
+        decision = _decide(conn, rules, d, threads, tags, tag_thread)
         if decision is not None and decision.reject is not None:
             plan.append(("rejected", Rejected(decision.reject, decision.stopped_by)))
             continue
-        slot, reason = threads.resolve(d.parsed, d.envelope.received_at)
+        slot, reason = threads.resolve(d.parsed, d.envelope.received_at, tag_thread)
         fresh[key] = len(rows)
         plan.append(("new", len(rows)))
         rows.append(message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
@@ -130,14 +132,18 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
     return outcomes
 
 
-def _decide(conn: Connection, rules: RulesContext | None, d: Delivery,
-            threads: ThreadBatch) -> Decision | None:
+def _decide(conn: Connection, rules: RulesContext | None, d: Delivery, threads: ThreadBatch,
+            tags: dict[str, str], tag_thread: int | None) -> Decision | None:
     if rules is None:
         return None
-    slot, _ = threads.find(d.parsed)
+    slot, _ = threads.find(d.parsed, tag_thread)
     return rules.decide(conn, d.parsed, size=len(d.raw), received_at=d.envelope.received_at,
                         accounts=[a for a, _ in d.envelope.recipients],
-                        thread=slot if isinstance(slot, int) else None)
+                        thread=slot if isinstance(slot, int) else None, tags=tags)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _outcome(kind: str, ref: Any, known: dict[str, Any], pks: list[int]) -> Receipt | Rejected:

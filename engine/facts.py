@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.mime import ParsedMessage
+from engine.tags import strip_markers
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -68,7 +69,7 @@ def message_facts(parsed: ParsedMessage, *, size: int, received_at: datetime,
         "to": [a.addr for a in parsed.to],
         "cc": [a.addr for a in parsed.cc],
         "recipient.account": accounts,
-        "subject": parsed.subject,
+        "subject": strip_markers(parsed.subject),
         "body": parsed.text,
         "size": size,
         "received.date": received_at.date(),

@@ -101,8 +101,9 @@ class Writer:
         """Rule set version and reload error, for /healthz."""
         if self.rules is None:
             return {"rules_version": None, "rules_error": None}
-        return {"rules_version": self.rules.context().ruleset.version,
-                "rules_error": self.rules.error}
+        context = self.rules.context()
+        return {"rules_version": context.ruleset.version, "rules_error": self.rules.error,
+                **context.counters}
 
     def _commit_one(self, job: _Job, rules: RulesContext | None) -> Outcome:
         try:

@@ -125,6 +125,10 @@ class TagKeys:
             raise ValueError("tag keys: " + "; ".join(problems))
         return cls(decoded, current)
 
+    def __reduce__(self) -> tuple[type[TagKeys], tuple[dict[str, bytes], str]]:
+        # picklable for the intake's writer process: derive the keys again over there
+        return (TagKeys, (self.keys, self.current))
+
     def _material(self, kid: str) -> tuple[bytes, AESGCM] | None:
         """The (MAC key, AEAD) derived for a key id, or None if it is not configured."""
         return self._derived.get(kid)

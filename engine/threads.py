@@ -19,6 +19,7 @@ from sqlalchemy import Connection, bindparam, case, select
 from engine.mime import ParsedMessage
 from engine.store.models import Thread, ThreadParticipant, ThreadRef
 from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
+from engine.tags import strip_markers
 
 SUBJECT_WINDOW = timedelta(days=30)
 MAX_REF_LENGTH = 998
@@ -44,6 +45,7 @@ _FIND_BY_SUBJECT = (
     .order_by(_THREADS.c.last_message_at.desc())
     .limit(1)
 )
+_THREAD_EXISTS = select(_THREADS.c.id).where(_THREADS.c.id == bindparam("tid"))
 _BUMP_THREAD = _THREADS.update().where(_THREADS.c.id == bindparam("tid")).values(
     message_count=_THREADS.c.message_count + 1,
     last_message_at=case(
@@ -53,6 +55,7 @@ _BUMP_THREAD = _THREADS.update().where(_THREADS.c.id == bindparam("tid")).values
     ),
 )
 
+REASON_TAG = "tag"
 REASON_IN_REPLY_TO = "in-reply-to"
 REASON_REFERENCES = "references"
 REASON_SUBJECT = "subject"
@@ -60,8 +63,9 @@ REASON_NEW = "new"
 
 
 def normalize_subject(subject: str) -> tuple[str, bool]:
-    """Strip reply/forward prefixes and list tags; returns (key, had_reply_prefix)."""
-    text, had_prefix = subject, False
+    """Strip reply/forward prefixes, list tags and our reference tags;
+    returns (key, had_reply_prefix)."""
+    text, had_prefix = strip_markers(subject), False
     while True:
         match = _PREFIX.match(text)
         if not match:
@@ -112,9 +116,10 @@ class ThreadBatch:
             batch.refs.update(dict(rows))
         return batch
 
-    def resolve(self, parsed: ParsedMessage, now: datetime) -> tuple[int | tuple[str, int], str]:
+    def resolve(self, parsed: ParsedMessage, now: datetime,
+                tag_thread: int | None = None) -> tuple[int | tuple[str, int], str]:
         """The message's thread slot and the signal that chose it; records the message."""
-        slot, reason = self.find(parsed)
+        slot, reason = self.find(parsed, tag_thread)
         if slot is None:
             key, _ = normalize_subject(parsed.subject)
             self.new.append(_NewThread(parsed.subject, key, now, parsed.date))
@@ -128,8 +133,15 @@ class ThreadBatch:
         self.joined.append((slot, parsed))
         return slot, reason
 
-    def find(self, parsed: ParsedMessage) -> tuple[int | tuple[str, int] | None, str]:
-        """The thread ``parsed`` would join (no side effects); None for a new one."""
+    def find(self, parsed: ParsedMessage,
+             tag_thread: int | None = None) -> tuple[int | tuple[str, int] | None, str]:
+        """The thread ``parsed`` would join (no side effects); None for a new one.
+
+        A verified reference tag naming a thread is the strongest signal: the customer's
+        client may have dropped In-Reply-To and References, but kept the subject.
+        """
+        if tag_thread is not None and self._exists(tag_thread):
+            return tag_thread, REASON_TAG
         for ref in cited_ids(parsed):
             if ref in self.refs:
                 reason = REASON_IN_REPLY_TO if ref == parsed.in_reply_to else REASON_REFERENCES
@@ -146,6 +158,9 @@ class ThreadBatch:
         params = {"key": key, "since": since, "sender": sender}
         rows = select_rows(self.conn, _FIND_BY_SUBJECT, params)
         return (rows[0][0], REASON_SUBJECT) if rows else (None, REASON_NEW)
+
+    def _exists(self, thread_id: int) -> bool:
+        return bool(select_rows(self.conn, _THREAD_EXISTS, {"tid": thread_id}))
 
     def flush(self) -> dict[int | tuple[str, int], int]:
         """Write everything resolved so far; returns slot → thread id."""

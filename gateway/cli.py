@@ -19,6 +19,7 @@ from sqlalchemy import select
 from engine.config import ConfigError, Settings, load_settings
 from engine.store import database
 from engine.store.models import Account, Attachment, Message, MessageAccount, User
+from engine.tags import generate_secret
 from engine.users import create_user, generate_password
 from gateway.rules_cli import rules as rules_cmd
 
@@ -70,6 +71,9 @@ def init(instance: str) -> None:
     shutil.copyfile(DEFAULTS / "postdesk.yaml", config)
     if RULES_EXAMPLE.exists():
         shutil.copyfile(RULES_EXAMPLE, target / "rules.yaml")
+    key_file = target / "tag-key-k1.secret"
+    key_file.touch(mode=0o600)
+    key_file.write_text(generate_secret() + "\n")
     settings = load_settings(config)
     database.upgrade(settings.database_url)
     password = generate_password()

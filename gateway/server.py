@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from engine.accounts import AccountDirectory, sync_accounts
-from engine.config import Settings, parse_listen
+from engine.config import Settings, parse_listen, tag_keys
 from engine.decisions import RuleFiles
 from engine.intake import Intake
 from engine.store.database import make_engine
@@ -44,7 +44,8 @@ class Gateway:
         self.worker = worker
         self.engine = _engine(settings)  # health checks; the intake writer has its own
         self.stats = GatewayStats()
-        rules = RuleFiles([str(p) for p in settings.rules], directory.names)
+        rules = RuleFiles([str(p) for p in settings.rules], directory.names,
+                          tag_keys(settings))
         self.intake = Intake(settings.database_url, max_batch=settings.gateway.max_batch,
                              busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True,
                              rules=rules)

@@ -229,6 +229,16 @@ class History(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
+class TagValue(Base):
+    """Key/values behind a reference tag (AES-GCM sealed by ``engine.tags``)."""
+
+    __tablename__ = "tag_values"
+
+    reference: Mapped[str] = mapped_column(String(16), primary_key=True)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class RuleStat(Base):
     """How often each rule matched, and when last (``postdesk rules stats``)."""
 

@@ -257,3 +257,12 @@ def test_long_whitespace_runs_stay_cheap(tag: SealedTag) -> None:
     subject = " " * 200_000 + tag.marker + " " * 200_000 + "[#PD-" + "a " * 100_000
     assert find_markers(subject) == [tag.marker]
     assert strip_markers(subject) == "[#PD-" + "a " * 100_000
+
+
+def test_keys_travel_to_a_writer_process_by_pickle() -> None:
+    import pickle
+
+    keys = TagKeys.from_config({"k1": generate_secret()}, "k1")
+    again = pickle.loads(pickle.dumps(keys))
+    tag = seal({"agent": "alice"}, keys)
+    assert unseal(tag.blob, verify(tag.marker, again), again) == {"agent": "alice"}

@@ -1,8 +1,8 @@
-"""rule decisions and stats
+"""rule decisions, stats and tag values
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-23 00:51:11.053172
+Create Date: 2026-11-23 00:55:03.143222
 """
 from alembic import op
 import sqlalchemy as sa
@@ -23,6 +23,12 @@ def upgrade() -> None:
     sa.Column('last_matched_at', engine.store.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('rule', name=op.f('pk_rule_stats'))
     )
+    op.create_table('tag_values',
+    sa.Column('reference', sa.String(length=16), nullable=False),
+    sa.Column('blob', sa.LargeBinary(), nullable=False),
+    sa.Column('created_at', engine.store.models.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('reference', name=op.f('pk_tag_values'))
+    )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.add_column(sa.Column('route_group', sa.String(length=100), nullable=True))
         batch_op.add_column(sa.Column('route_agent', sa.String(length=100), nullable=True))
@@ -40,5 +46,6 @@ def downgrade() -> None:
         batch_op.drop_column('route_agent')
         batch_op.drop_column('route_group')
 
+    op.drop_table('tag_values')
     op.drop_table('rule_stats')
     # ### end Alembic commands ###
