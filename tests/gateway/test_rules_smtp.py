@@ -7,7 +7,6 @@ import json
 import smtplib
 import time
 import urllib.request
-from pathlib import Path
 
 import aiosmtplib
 import pytest
