@@ -89,3 +89,40 @@ def test_db_upgrade_creates_the_schema(instance: Instance) -> None:
     assert current_revision(instance.engine) == "0002"
     check = instance.cli("config", "check")
     assert "is valid (2 accounts)" in check.stdout
+
+
+def test_rules_example_passes_rules_check(instance: Instance) -> None:
+    instance.write()  # accounts support and sales, as the example expects
+    result = instance.cli("rules", "check", str(ROOT / "rules.example.yaml"))
+    assert result.stdout.startswith("postdesk: ok, 17 rules, version ")
+
+
+def test_rules_check_lists_every_problem_with_location(instance: Instance) -> None:
+    instance.write()
+    bad = instance.dir / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    type: classification\n"
+                   "    accounts: [suport]\n    when: {subjet: {contains: x}}\n"
+                   "    classification: c\n")
+    result = instance.cli("rules", "check", str(bad), check=False)
+    assert result.returncode == 1
+    assert (f"{bad}:5:16: rules[0].accounts: unknown account 'suport' "
+            "(did you mean 'support'?)") in result.stderr
+    assert (f"{bad}:6:12: rules[0].when.subjet: unknown condition key 'subjet' "
+            "(did you mean 'subject'?)") in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
+def test_rules_explain_and_stats(gateway: Instance, tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text("version: 1\nrules:\n  - name: billing\n    type: classification\n"
+                     "    when: {subject: {contains: invoice}}\n    classification: billing\n")
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_mail("Invoice 7", message_id="<explain@c>"))
+    out = gateway.cli("rules", "explain", str(eml), "--rules-file", str(rules)).stdout
+    assert "MATCH classification      billing" in out
+    assert "true  subject contains 'invoice'  (actual: 'Invoice 7')" in out
+    assert out.rstrip().endswith("state:          queued")
+    decision = json.loads(gateway.cli("rules", "explain", str(eml), "--rules-file", str(rules),
+                                      "--json").stdout)
+    assert decision["classification"] == "billing"
+    assert gateway.cli_json("rules", "stats") == []  # this gateway runs without rules

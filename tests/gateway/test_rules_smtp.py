@@ -210,3 +210,11 @@ def test_invalid_rules_keep_the_running_set_and_show_in_health(ruled: Instance) 
     finally:
         rules_file.write_text(RULES)
     assert health(ruled)["rules"]["rules_error"] is None
+
+
+def test_rule_hit_counts(ruled: Instance) -> None:
+    stats = {s["rule"]: s for s in ruled.cli_json("rules", "stats")}
+    assert stats["billing"]["hits"] >= 1 and stats["block-spam"]["hits"] >= 1
+    assert stats["drop-out-of-office"]["hits"] == 1
+    assert stats["billing"]["last_matched_at"] is not None
+    assert "gatekeeper" in stats and "everyone-else" in stats
