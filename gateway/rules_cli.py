@@ -101,3 +101,69 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         return
     for item in items:
         click.echo(f"{item['hits']:>8}  {item['last_matched_at'] or '-':<32}  {item['rule']}")
+
+
+@rules.command("backtest")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="Stored messages "
+              "received on or after this day (default: all).")
+@click.option("--eml-dir", type=click.Path(exists=True, file_okay=False),
+              help="Evaluate the .eml files of a folder instead of stored messages.")
+@click.option("--account", help="Account whose rules apply to .eml files.")
+@click.option("--limit", default=10000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def backtest(ctx: click.Context, files: tuple[str, ...], since: datetime | None,
+             eml_dir: str | None, account: str | None, limit: int, as_json: bool) -> None:
+    """Run rule FILES over past mail without acting; print what would change."""
+    settings = _settings(ctx)
+    ruleset = _load(files, settings)
+    if eml_dir:
+        now = datetime.now(UTC)
+        samples = [(p.name, p.read_bytes(), account, None, now) for p in
+                   sorted(Path(eml_dir).glob("*.eml"))[:limit]]
+    else:
+        samples = _stored_samples(settings, since, limit)
+    runner = ProcedureRunner(ruleset.procedure_timeout_ms)
+    changes = [change for sample in samples
+               if (change := _compare(ruleset, runner, *sample)) is not None]
+    if as_json:
+        click.echo(json.dumps({"evaluated": len(samples), "changed": changes}, indent=2))
+        return
+    for change in changes:
+        diffs = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in change["diff"].items())
+        click.echo(f"{change['message']}: {diffs}")
+    click.echo(f"postdesk: {len(changes)} of {len(samples)} messages would change")
+
+
+def _stored_samples(settings: Settings | None, since: datetime | None,
+                    limit: int) -> list[tuple[str, bytes, str | None, dict | None, datetime]]:
+    if settings is None:
+        raise click.ClickException("no valid configuration (needed to read stored messages)")
+    from engine.store.models import Account, Message
+
+    engine = database.make_engine(settings.database_url)
+    query = (select(Message.id, Message.raw, Account.name, Message.decision, Message.received_at)
+             .join(Account, Account.id == Message.account_id).order_by(Message.id).limit(limit))
+    if since is not None:
+        query = query.where(Message.received_at >= since.replace(tzinfo=UTC))
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [(str(r.id), r.raw, r.name, r.decision, r.received_at) for r in rows]
+
+
+OUTCOME_KEYS = ("classification", "state", "route", "actions", "documents", "reject")
+
+
+def _compare(ruleset: RuleSet, runner: ProcedureRunner, name: str, raw: bytes,
+             account: str | None, before: dict | None, received_at: datetime) -> dict | None:
+    """What ``ruleset`` decides for one message, against what was decided (None: nothing)."""
+    parsed = parse_message(raw, received_at)
+    fields = extract_fields(ruleset, parsed.subject, parsed.text)
+    facts = message_facts(parsed, size=len(raw), received_at=received_at,
+                          accounts=[account] if account else [], fields=fields)
+    after = evaluate(ruleset, facts, account, runner).to_json()
+    old = before or {"classification": None, "state": "queued", "route": None, "actions": [],
+                     "documents": [], "reject": None}
+    diff = {k: (old.get(k), after.get(k)) for k in OUTCOME_KEYS if old.get(k) != after.get(k)}
+    return {"message": name, "diff": diff} if diff else None

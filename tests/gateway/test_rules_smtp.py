@@ -218,3 +218,18 @@ def test_rule_hit_counts(ruled: Instance) -> None:
     assert stats["drop-out-of-office"]["hits"] == 1
     assert stats["billing"]["last_matched_at"] is not None
     assert "gatekeeper" in stats and "everyone-else" in stats
+
+
+def test_backtest_shows_what_a_changed_rule_set_would_do(ruled: Instance) -> None:
+    changed = ruled.dir / "changed.yaml"
+    changed.write_text(RULES.replace("classification: billing", "classification: finance")
+                       .replace("route: {group: billing}", "route: {group: finance}"))
+    report = json.loads(ruled.cli("rules", "backtest", str(changed), "--json").stdout)
+    assert report["evaluated"] == len(ruled.messages())
+    by_id = {c["message"]: c["diff"] for c in report["changed"]}
+    billed = stored(ruled, "<r-bill@c>")
+    assert by_id[str(billed.id)] == {"classification": ["billing", "finance"],
+                                     "route": [{"group": "billing"}, {"group": "finance"}]}
+    untouched = stored(ruled, "<r-ooo@c>")  # still auto-deleted by the changed rules
+    assert str(untouched.id) not in by_id
+    assert stored(ruled, "<r-bill@c>").classification == "billing"  # nothing was acted on
