@@ -49,9 +49,11 @@ gateway:
   http_listen: "off"
   hostname: bench.test
   max_message_size: 10000000
-{workers}accounts:
+{workers}{rules}accounts:
   - name: support
     addresses: [{recipient}]
+  - name: sales
+    addresses: [sales@example.test]
 """
 
 SENTENCES = (
@@ -351,16 +353,17 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
-def start_gateway(workdir: Path, database: str | None,
-                  workers: int | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_gateway(workdir: Path, database: str | None, workers: int | None,
+                  rules: Path | None) -> tuple[subprocess.Popen[bytes], int]:
     """Write a postdesk.yaml into ``workdir`` and run ``postdesk serve`` on it."""
     workdir.mkdir(parents=True)
     port = free_port()
     config = workdir / "postdesk.yaml"
     db_url = database or f"sqlite:///{workdir / 'postdesk.db'}"
     workers_line = f"  workers: {workers}\n" if workers else ""
+    rules_line = f"rules: [{rules.resolve()}]\n" if rules else ""
     config.write_text(GATEWAY_CONFIG.format(db_url=db_url, port=port, recipient=RECIPIENT,
-                                            workers=workers_line))
+                                            workers=workers_line, rules=rules_line))
     cmd = [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"]
     return start(cmd, port, workdir / "serve.log"), port
 
@@ -390,7 +393,7 @@ def run_cell(cell: Cell, null_port: int, workdir: Path, args: argparse.Namespace
     note(f"cell size={cell.size} concurrency={cell.concurrency}: null server")
     null = asyncio.run(phase(null_port, cell.messages, cell.concurrency, body, f"{tag}.null"))
     note(f"  null: {null['msgs_per_s']} msgs/s; starting gateway in {workdir}")
-    proc, port = start_gateway(workdir, args.database, args.workers)
+    proc, port = start_gateway(workdir, args.database, args.workers, args.rules)
     try:
         gw = asyncio.run(phase(port, cell.messages, cell.concurrency, body, f"{tag}.gw"))
     finally:
@@ -459,6 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             stop(null_proc)
     return {"benchmark": "ingest", "machine": info, "workers": args.workers or "default",
+            "rules": str(args.rules) if args.rules else None,
             "database": "sqlite (fresh per cell)" if args.database is None
             else args.database.split(":", 1)[0], "cells": rows}
 
@@ -484,6 +488,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int_list, default=[1, 20])
     parser.add_argument("--database", default=None,
                         help="database URL (default: a fresh SQLite file per cell)")
+    parser.add_argument("--rules", type=Path, default=None,
+                        help="rule file the gateway loads (e.g. rules.example.yaml)")
     parser.add_argument("--workers", type=int, default=None,
                         help="gateway.workers for the gateway (default: the gateway's default)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")

@@ -8,6 +8,7 @@ message the pipeline could not handle; ``reprocess`` replays the pipeline over s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from engine.decisions import RulesContext, decision_columns, matched_rules
 from engine.mime import ParsedMessage, parse_message
 from engine.store.models import Attachment, Blob, History, Message, MessageAccount, RuleStat
-from engine.store.prepared import insert_many, insert_returning_ids, select_rows
+from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
 from rules.evaluate import Decision, RuleTrace
 
@@ -165,14 +166,19 @@ def _count_hits(conn: Connection, decisions: list[Decision], when: Any) -> None:
         for name in matched_rules(decision):
             hits[name] = hits.get(name, 0) + 1
     if hits:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(RuleStat.__table__)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["rule"],
-            set_={"hits": RuleStat.__table__.c.hits + stmt.excluded.hits,
-                  "last_matched_at": stmt.excluded.last_matched_at})
-        conn.execute(stmt, [{"rule": r, "hits": n, "last_matched_at": when}
-                            for r, n in sorted(hits.items())])
+        execute_many(conn, _count_statement(conn.dialect.name),
+                     [{"rule": r, "hits": n, "last_matched_at": when}
+                      for r, n in sorted(hits.items())])
+
+
+@functools.cache
+def _count_statement(dialect_name: str) -> Any:
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    stmt = dialect.insert(RuleStat.__table__)
+    return stmt.on_conflict_do_update(
+        index_elements=["rule"],
+        set_={"hits": RuleStat.__table__.c.hits + stmt.excluded.hits,
+              "last_matched_at": stmt.excluded.last_matched_at})
 
 
 def store_raw(conn: Connection, raw: bytes, envelope: Envelope, error: str,

@@ -213,9 +213,18 @@ def test_invalid_rules_keep_the_running_set_and_show_in_health(ruled: Instance) 
 
 
 def test_rule_hit_counts(ruled: Instance) -> None:
+    def hits() -> dict[str, int]:
+        return {s["rule"]: s["hits"] for s in ruled.cli_json("rules", "stats")}
+
+    before = hits()
+    deliver(ruled, make_mail("Invoice again", message_id="<r-hits@c>"))
+    deliver(ruled, make_mail("x", sender="a@spam.test", message_id="<r-hits2@c>"),
+            sender="a@spam.test")
+    after = hits()
+    assert after["billing"] == before.get("billing", 0) + 1
+    assert after["block-spam"] == before.get("block-spam", 0) + 1
+    assert after["billing-team"] == before.get("billing-team", 0) + 1
     stats = {s["rule"]: s for s in ruled.cli_json("rules", "stats")}
-    assert stats["billing"]["hits"] >= 1 and stats["block-spam"]["hits"] >= 1
-    assert stats["drop-out-of-office"]["hits"] == 1
     assert stats["billing"]["last_matched_at"] is not None
     assert "gatekeeper" in stats and "everyone-else" in stats
 
