@@ -32,6 +32,8 @@ def _first(parser: ParserDef, text: str) -> str | None:
     if match is None:
         return None
     groups = match.groupdict()
-    if groups.get("value") is not None:
-        return groups["value"].strip()
-    return (match.group(1) if match.re.groups else match.group(0)).strip()
+    if "value" in groups:
+        value = groups["value"]
+    else:
+        value = match.group(1) if match.re.groups else match.group(0)
+    return value.strip() if value is not None else None  # an optional group that took no part

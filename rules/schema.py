@@ -8,6 +8,7 @@ it is given.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 from dataclasses import dataclass, field
@@ -224,7 +225,11 @@ class _Reader:
             if node is not None:
                 self.fail(node, path, "expected a single value")
             return None
-        return yaml.SafeLoader("").construct_object(node)
+        try:
+            return yaml.SafeLoader("").construct_object(node)
+        except (ValueError, yaml.YAMLError) as exc:  # e.g. an impossible date: 2024-13-01
+            self.fail(node, path, f"not a valid value: {exc}")
+            return _INVALID
 
     def text(self, node: yaml.Node | None, path: str, parent: yaml.Node) -> str | None:
         if node is None:
@@ -259,7 +264,7 @@ class _Reader:
             self.fail(node, path, "give exactly one of 'regex' or 'label'")
             return
         if "regex" in spec:
-            pattern = self.regex(spec["regex"], f"{path}.regex", sensitive=True)
+            pattern = self.regex(spec["regex"], f"{path}.regex", sensitive=False)
         else:
             label = regex.escape(str(self.scalar(spec["label"], f"{path}.label")))
             pattern = regex.compile(rf"(?mi)^[ \t]*{label}[ \t]*:[ \t]*(?P<value>.+?)[ \t]*$")
@@ -316,13 +321,14 @@ class _Reader:
         if name in self.names:
             self.fail(raw["name"], f"{path}.name", f"duplicate rule name {name!r}")
         self.names.add(name or "")
-        if "enabled" in raw and self.scalar(raw["enabled"], f"{path}.enabled") is False:
-            return
+        enabled = self.scalar(raw["enabled"], f"{path}.enabled") if "enabled" in raw else True
+        if not isinstance(enabled, bool):
+            self.fail(raw["enabled"], f"{path}.enabled", "expected true or false")
         accounts = self.read_accounts(raw.get("accounts"), f"{path}.accounts")
         priority = self.integer(raw["priority"], f"{path}.priority") if "priority" in raw else 100
         when = self.condition(raw["when"], f"{path}.when") if "when" in raw else None
         params = self.read_params(rule_type, raw, node, path)
-        if name:
+        if name and enabled is not False:  # a disabled rule is checked, but not used
             self.rules.append(Rule(name, rule_type, accounts, priority, len(self.rules), when,
                                    params, self.where(node)))
 
@@ -458,8 +464,19 @@ class _Reader:
             return None
         if isinstance(value, yaml.ScalarNode):  # shorthand: `subject: Hello` means equals
             ops = {"equals": value}
+        elif isinstance(value, yaml.MappingNode):
+            ops = {}
+            for op_node, operand in value.value:
+                name = str(op_node.value)
+                if name in OPERATORS or name == "case":
+                    ops[name] = operand
+                else:
+                    self.fail(op_node, _join(path, name), f"unknown operator {name!r}",
+                              _hint(name, (*OPERATORS, "case")))
+                    return None
         else:
-            ops = self.mapping(value, path, (*OPERATORS, "case"))
+            self.fail(value, path, "expected {operator: value} or a single value")
+            return None
         case = ops.pop("case", None)
         sensitive = case is not None and self.scalar(case, f"{path}.case") == "sensitive"
         if case is not None and self.scalar(case, f"{path}.case") not in ("sensitive",
@@ -475,17 +492,29 @@ class _Reader:
     def operand(self, key: str, kind: str, op: str, node: yaml.Node, sensitive: bool,
                 path: str) -> Node | None:
         operator = OPERATORS[op]
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            self.fail(node, f"{path}.{op}", f"{op} needs a value")
+            return None
         if kind not in operator.kinds:
             self.fail(node, f"{path}.{op}", f"{op} does not apply to {key} ({kind})")
             return None
         raw = yaml.safe_load(yaml.serialize(node)) if not isinstance(node, yaml.ScalarNode) \
-            else self.scalar(node, path)
+            else self.scalar(node, f"{path}.{op}")
+        if raw is _INVALID:
+            return None
         if op == "matches":
             compiled = self.regex(node, f"{path}.{op}", sensitive)
             if compiled is None:
                 return None
             return Condition(key, op, compiled, sensitive, str(raw), self.where(node))
         element_kind = "text" if kind == "list" else kind
+        raw = _yaml_1_1_fixups(element_kind, raw)
+        stamps = [v for v in (raw if isinstance(raw, list) else [raw])
+                  if isinstance(v, datetime.datetime)]
+        if element_kind == "date" and stamps:  # would silently never equal a date
+            self.fail(node, f"{path}.{op}", "expected a date (YYYY-MM-DD), got a date and "
+                      f"time {stamps[0].isoformat()}")
+            return None
         try:
             value = coerce_operand(element_kind, op, raw)
         except ValueError as exc:
@@ -501,6 +530,22 @@ class _Reader:
         except regex.error as exc:
             self.fail(node, path, f"invalid regular expression: {exc}")
             return None
+
+
+def _yaml_1_1_fixups(kind: str, raw: Any) -> Any:
+    """Undo a YAML 1.1 surprise: unquoted ``20:00`` is the base-60 number 1200."""
+    if isinstance(raw, list):
+        return [_yaml_1_1_fixups(kind, item) for item in raw]
+    if kind == "time" and isinstance(raw, int) and not isinstance(raw, bool):
+        return f"{raw // 60:02d}:{raw % 60:02d}"
+    return raw
+
+
+class _Invalid:
+    """A value YAML could not construct; already reported."""
+
+
+_INVALID = _Invalid()
 
 
 def _join(path: str, key: Any) -> str:
