@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,27 @@ class RulesContext:
         decision = evaluate(self.ruleset, facts, names[0] if names else None, self.procedures)
         decision.fields = fields
         return decision
+
+
+def custom_tag_values(ruleset: RuleSet, account: str, facts: Mapping[str, Any],
+                      procedures: ProcedureRunner | None = None) -> dict[str, str]:
+    """The account's custom tag values for a message we are about to send (Oracle's fixed,
+    query and procedure tags); a source that yields nothing is left out."""
+    values: dict[str, str] = {}
+    for tag in ruleset.custom_tags:
+        if tag.account != account:
+            continue
+        if tag.source == "value":
+            value: str | None = tag.argument
+        elif tag.source == "header":
+            value = facts.get(f"header.{tag.argument}")
+        elif tag.source == "field":
+            value = facts.get(f"field.{tag.argument}")
+        else:
+            value = procedures.value(tag.argument, facts) if procedures else None
+        if value is not None:
+            values[tag.key] = str(value)
+    return values
 
 
 def _thread_state(conn: Connection, thread: int | None) -> str | None:

@@ -28,15 +28,25 @@ class ProcedureRunner:
         self.failures = 0
 
     def __call__(self, ref: str, facts: Mapping[str, Any]) -> bool:
+        """Run a rule's procedure: True to continue (also when it fails), False to stop."""
+        failed, result = self._run(ref, facts)
+        return True if failed else bool(result)
+
+    def value(self, ref: str, facts: Mapping[str, Any]) -> str | None:
+        """Run a custom-tag procedure: its result as text, None when it fails or gives None."""
+        failed, result = self._run(ref, facts)
+        return None if failed or result is None else str(result)
+
+    def _run(self, ref: str, facts: Mapping[str, Any]) -> tuple[bool, Any]:
         try:
             func = self._resolve(ref)
-            return bool(self._pool.submit(func, facts).result(timeout=self.timeout))
+            return False, self._pool.submit(func, facts).result(timeout=self.timeout)
         except concurrent.futures.TimeoutError:
             log.error("procedure %s ran over %.0f ms; continuing", ref, self.timeout * 1000)
         except Exception:  # noqa: BLE001 — an admin's bug must not touch the message
             log.exception("procedure %s failed; continuing", ref)
         self.failures += 1
-        return True
+        return True, None
 
     def _resolve(self, ref: str) -> Callable[[Mapping[str, Any]], Any]:
         if ref not in self._cache:
