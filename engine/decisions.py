@@ -21,6 +21,7 @@ from engine.procedures import ProcedureRunner
 from engine.store.models import Message, TagValue
 from engine.store.prepared import select_rows
 from engine.tags import TagKeys, find_markers, unseal, verify
+from engine.threads import cited_ids
 from rules.evaluate import Decision, evaluate
 from rules.parsers import extract_fields
 from rules.schema import EMPTY, RuleSet
@@ -28,6 +29,9 @@ from rules.schema import EMPTY, RuleSet
 log = logging.getLogger(__name__)
 _M = Message.__table__
 _TAG_BLOB = select(TagValue.blob).where(TagValue.reference == bindparam("ref"))
+_TAGGED = select(_M.c.message_id_header, _M.c.tag_reference).where(
+    _M.c.message_id_header.in_(bindparam("ids", expanding=True)),
+    _M.c.tag_reference.isnot(None))
 _THREAD_STATE = (select(_M.c.state).where(_M.c.thread_id == bindparam("tid"))
                  .order_by(_M.c.id.desc()).limit(1))
 
@@ -42,20 +46,31 @@ class RulesContext:
     tag_keys: TagKeys | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"forged_tags": 0})
 
-    def read_tag(self, conn: Connection, subject: str) -> dict[str, str]:
-        """Values of the newest genuine reference tag in ``subject``; forgeries are counted
-        and ignored, never trusted."""
+    def read_tag(self, conn: Connection, parsed: ParsedMessage) -> dict[str, str]:
+        """Values of the newest genuine reference tag in the subject, else of the tag our
+        message it replies to carried (In-Reply-To, then References). Forged markers are
+        counted and ignored, never trusted."""
         if self.tag_keys is None:
             return {}
-        for marker in find_markers(subject):
+        for marker in find_markers(parsed.subject):
             reference = verify(marker, self.tag_keys)
-            rows = select_rows(conn, _TAG_BLOB, {"ref": reference}) if reference else []
-            values = unseal(rows[0][0], reference, self.tag_keys) if rows else None
+            values = self._open(conn, reference) if reference else None
             if values is not None:
                 return values
             self.counters["forged_tags"] += 1
             log.warning("ignored a reference tag that does not verify: %s", marker)
+        cited = cited_ids(parsed)
+        rows = select_rows(conn, _TAGGED, {"ids": cited}, ["ids"]) if cited else []
+        by_id = dict(rows)
+        for message_id in cited:  # the one it answers directly first
+            if message_id in by_id:
+                return self._open(conn, by_id[message_id]) or {}
         return {}
+
+    def _open(self, conn: Connection, reference: str) -> dict[str, str] | None:
+        assert self.tag_keys is not None
+        rows = select_rows(conn, _TAG_BLOB, {"ref": reference})
+        return unseal(rows[0][0], reference, self.tag_keys) if rows else None
 
     def decide(self, conn: Connection, parsed: ParsedMessage, *, size: int, received_at: Any,
                accounts: list[int], thread: int | None, tags: dict[str, str]) -> Decision:

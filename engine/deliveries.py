@@ -97,7 +97,7 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
         if key in known or key in fresh:  # a redelivery, maybe within this very batch
             plan.append(("known", key) if key in known else ("again", fresh[key]))
             continue
-        tags = rules.read_tag(conn, d.parsed.subject) if rules is not None else {}
+        tags = rules.read_tag(conn, d.parsed) if rules is not None else {}
         tag_thread = _int(tags.get("thread"))
         decision = _decide(conn, rules, d, threads, tags, tag_thread)
         if decision is not None and decision.reject is not None:
@@ -276,6 +276,7 @@ def _envelope_columns(raw: bytes, envelope: Envelope, key: str) -> dict[str, Any
         "decision": None,
         "route_group": None,
         "route_agent": None,
+        "tag_reference": None,
         "assigned_user_id": None,
         "group_id": None,
         "deleted_at": None,

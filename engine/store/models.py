@@ -134,7 +134,10 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_queue", "account_id", "state", "received_at"),
         Index("ix_messages_class_queue", "account_id", "classification", "state", "received_at"),
-        # partial: only the few flagged rows are in it, so normal inserts don't touch it
+        # partial indexes: only the few rows concerned are in them, inserts don't touch them
+        Index("ix_messages_tagged", "message_id_header",
+              sqlite_where=text("tag_reference IS NOT NULL"),
+              postgresql_where=text("tag_reference IS NOT NULL")),
         Index("ix_messages_attention", "id", sqlite_where=text("needs_attention"),
               postgresql_where=text("needs_attention")),
     )
@@ -153,6 +156,9 @@ class Message(Base):
     route_group: Mapped[str | None] = mapped_column(String(100))
     route_agent: Mapped[str | None] = mapped_column(String(100))
     rule_version: Mapped[str | None] = mapped_column(String(20))
+    # the reference tag an outbound message carried: a reply that lost the subject marker
+    # still finds its tag through In-Reply-To/References
+    tag_reference: Mapped[str | None] = mapped_column(String(16))
     decision: Mapped[dict | None] = mapped_column(JSON)  # the rules' Decision, with trace
     assigned_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id"))

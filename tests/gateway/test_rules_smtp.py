@@ -242,3 +242,23 @@ def test_backtest_shows_what_a_changed_rule_set_would_do(ruled: Instance) -> Non
     untouched = stored(ruled, "<r-ooo@c>")  # still auto-deleted by the changed rules
     assert str(untouched.id) not in by_id
     assert stored(ruled, "<r-bill@c>").classification == "billing"  # nothing was acted on
+
+
+def test_reply_that_lost_the_marker_finds_the_tag_through_in_reply_to(ruled: Instance) -> None:
+    from datetime import UTC, datetime
+
+    deliver(ruled, make_mail("Broken widget", message_id="<r-first@c>"))
+    first = stored(ruled, "<r-first@c>")
+    keys = TagKeys.from_config({"k1": (ruled.dir / "tag.secret").read_text().strip()}, "k1")
+    tag = seal({"agent": "bob", "thread": first.thread_id}, keys)
+    with ruled.engine.begin() as conn:  # bob's reply as the outbox will have archived it
+        conn.execute(insert(TagValue).values(reference=tag.reference, blob=tag.blob))
+        conn.execute(insert(Message).values(
+            dedupe_key="out-r-first", message_id_header="<bob-reply@postdesk.test>",
+            direction="outbound", account_id=1, thread_id=first.thread_id, state="sent",
+            date=datetime.now(UTC), raw=b"...", tag_reference=tag.reference))
+    reply = make_mail("Re: Broken widget", message_id="<r-lost@c>",
+                      headers="In-Reply-To: <bob-reply@postdesk.test>\n")
+    deliver(ruled, reply)
+    msg = stored(ruled, "<r-lost@c>")
+    assert msg.route_agent == "bob" and msg.thread_id == first.thread_id
