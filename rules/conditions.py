@@ -12,9 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import regex
+
+if TYPE_CHECKING:
+    from rules.schema import Condition
 
 REGEX_TIMEOUT = 0.05  # seconds per match: a catastrophic pattern fails closed, never hangs
 
@@ -141,6 +144,33 @@ OPERATORS: dict[str, Operator] = {o.name: o for o in [
                                    "weekday"}), lambda f, o: True),
 ]}
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class FactSource(Protocol):
+    """What ``check`` reads: a fact by key (None when missing) and its case-folded copy."""
+
+    def get(self, key: str) -> Any: ...
+
+    def folded(self, key: str) -> Any: ...
+
+
+def check(cond: Condition, facts: FactSource) -> tuple[bool, Any]:
+    """Test one condition: (result, the fact's actual value, for the trace)."""
+    actual = facts.get(cond.key)
+    operator = OPERATORS[cond.op]
+    if cond.op == "exists":
+        present = actual not in (None, "", [])
+        return present == cond.operand, actual
+    if actual is None:
+        return cond.op == "not_equals", actual
+    value = facts.folded(cond.key) if operator.casefold and not cond.sensitive else actual
+    if isinstance(value, list) and cond.op not in ("equals", "not_equals"):
+        hits = [operator.test(v, cond.operand) for v in value if v is not None]
+        return any(hits), actual
+    if isinstance(value, list):  # equals on a list: any element equals
+        found = any(v == cond.operand for v in value)
+        return (found if cond.op == "equals" else not found), actual
+    return operator.test(value, cond.operand), actual
 
 
 def coerce_operand(kind: str, op: str, value: Any) -> Any:

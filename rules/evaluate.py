@@ -16,15 +16,21 @@ Rule types run in a fixed order, a table rather than an if/elif chain (Mailman's
 
 Within a type, an account's rules run by ``priority`` (lower first), then file order. Every
 rule considered and every condition tested is recorded in the trace (``rules explain``).
+
+A rule set is compiled once, on first use (``rules.index``): a scan for keywords then tells
+which rules can match, so the cost per message grows with the rules that might match, not
+with all of them; the trace of a large set is built when first read (``Decision.trace``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from rules.conditions import OPERATORS
+from rules.conditions import check
+from rules.index import StagePlan, plan_for
+from rules.scan import FactsView, Scan
 from rules.schema import Combinator, Condition, Node, Rule, RuleSet
 
 # A custom procedure runner: (module:function, facts) -> True to continue, False to stop.
@@ -42,6 +48,10 @@ STAGES: tuple[tuple[str, str, bool], ...] = (  # (type, matching, stops when it 
     ("document-retrieval", EVERY, False),
     ("routing", FIRST, False),
 )
+# Up to this many rules (for the account), testing each in turn beats scanning for needles
+# once the trace is read, as the intake always does (measured with bench/rules.py rule sets:
+# the two meet between 70 and 100 rules; without reading the trace, near 20).
+SMALL_PLAN = 64
 STATE_AFTER = {"auto-delete": "deleted", "auto-redirect": "redirected",
                "auto-reply": "auto_replied"}
 
@@ -79,6 +89,26 @@ class Decision:
     trace: list[RuleTrace] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)  # what parser definitions found
 
+    def __getattr__(self, name: str) -> Any:
+        # ``evaluate`` defers the trace of a large rule set: it is built here on first read,
+        # so a caller that needs only the outcome does not pay for a trace of every rule
+        # considered. (The intake does read it: it stores the trace with the message.)
+        build = self.__dict__.get("_build_trace") if name == "trace" else None
+        if build is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.trace = build()
+        self.__dict__.pop("_build_trace", None)
+        return self.trace
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the built trace, not its builder."""
+        trace = self.trace
+        return {**self.__dict__, "trace": trace}
+
+    def _defer_trace(self, build: Callable[[], list[RuleTrace]]) -> None:
+        del self.__dict__["trace"]
+        self.__dict__["_build_trace"] = build
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe summary kept with the message (the console and explain read it)."""
         return {
@@ -92,19 +122,58 @@ class Decision:
         }
 
 
+_JSON_SAFE = (int, float, bool, type(None), list)
+
+
 def _short(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > 80:
-        return value[:77] + "..."
-    return value if isinstance(value, str | int | float | bool | type(None) | list) else str(value)
+    if isinstance(value, str):
+        return value[:77] + "..." if len(value) > 80 else value
+    return value if isinstance(value, _JSON_SAFE) else str(value)
 
 
 def evaluate(ruleset: RuleSet, facts: Mapping[str, Any], account: str | None = None,
              procedures: ProcedureRunner | None = None) -> Decision:
-    """Run every stage for ``account`` over ``facts``; never raises on odd facts."""
+    """Run every stage for ``account`` over ``facts``; never raises on odd facts.
+
+    Past ``SMALL_PLAN`` rules, only those a scan of the facts leaves as candidates are
+    tested (``rules.index``, ``rules.scan``): the others cannot match. The trace, the same
+    as ``evaluate_reference``'s, is then built when first read, from the facts as each
+    stage saw them.
+    """
+    plan = plan_for(ruleset, account, STAGES)
+    if plan.size <= SMALL_PLAN:  # a few rules: testing each beats scanning, trace included
+        stages = ((stage.rules, stage.matching, stage.stops) for stage in plan.stages)
+        return _in_turn(stages, ruleset.version, facts, procedures)
+    scan = Scan(plan, facts)
     decision = Decision(version=ruleset.version)
-    view = _Facts(facts)
-    for rule_type, matching, stops in STAGES:
-        for rule in ruleset.for_type(rule_type, account):
+    segments: list[_Segment] = []
+    decision._defer_trace(lambda: _build_trace(scan, segments))
+    for stage in plan.stages:
+        segment = _Segment(stage, scan.view.overrides, len(stage.rules))
+        segments.append(segment)
+        stopped = _run_stage(stage, segment, scan, decision, procedures)
+        scan.prefetch(stage, segment.end)
+        if stopped:
+            break
+    return decision
+
+
+def evaluate_reference(ruleset: RuleSet, facts: Mapping[str, Any], account: str | None = None,
+                       procedures: ProcedureRunner | None = None) -> Decision:
+    """The straightforward evaluator: every rule considered is tested in turn, tracing as
+    it goes. ``evaluate`` must decide exactly as it does (tests/rules/test_index.py) and
+    ``bench/rules.py`` measures against it."""
+    stages = ((ruleset.for_type(t, account), m, s) for t, m, s in STAGES)
+    return _in_turn(stages, ruleset.version, facts, procedures)
+
+
+def _in_turn(stages: Iterable[tuple[Sequence[Rule], str, bool]], version: str,
+             facts: Mapping[str, Any], procedures: ProcedureRunner | None) -> Decision:
+    """Test every rule of every stage in order until the stage (or a stop) ends it."""
+    decision = Decision(version=version)
+    view = FactsView(facts)
+    for rules, matching, stops in stages:
+        for rule in rules:
             trace = RuleTrace(rule.name, rule.type, False)
             decision.trace.append(trace)
             trace.matched = rule.when is None or _test(rule.when, view, trace)
@@ -119,7 +188,55 @@ def evaluate(ruleset: RuleSet, facts: Mapping[str, Any], account: str | None = N
     return decision
 
 
-def _apply(rule: Rule, decision: Decision, facts: _Facts, trace: RuleTrace,
+@dataclass
+class _Segment:
+    """The rules of one stage the evaluation considered: positions below ``end``."""
+
+    stage: StagePlan
+    overrides: dict[str, Any]  # the facts' overrides while the stage ran
+    end: int
+    matched: dict[int, RuleTrace] = field(default_factory=dict)
+
+
+def _run_stage(stage: StagePlan, segment: _Segment, scan: Scan, decision: Decision,
+               procedures: ProcedureRunner | None) -> bool:
+    """Test the stage's candidates in order; True when a rule stopped the evaluation."""
+    rules, sure, quick, first = stage.rules, stage.sure, stage.quick, stage.matching == FIRST
+    found = scan.candidates(stage)
+    while found:
+        low = found & -found  # the lowest bit: rules in file order
+        found ^= low
+        i = low.bit_length() - 1
+        rule = rules[i]
+        if scan.odd_seen:  # a text test meets a non-text fact: test as written, raise alike
+            if rule.when is not None and not _holds(rule.when, scan):
+                continue
+        elif i not in sure and quick[i] is not None and not quick[i](scan):
+            continue
+        trace = segment.matched[i] = RuleTrace(rule.name, rule.type, True)
+        halted = _apply(rule, decision, scan.view, trace, procedures)
+        if halted or stage.stops or first:
+            segment.end = i + 1
+            if halted or stage.stops:
+                decision.stopped_by = rule.name
+            return halted or stage.stops
+    return False
+
+
+def _build_trace(scan: Scan, segments: list[_Segment]) -> list[RuleTrace]:
+    """Every rule considered, with every condition the reference evaluation tests."""
+    traces: list[RuleTrace] = []
+    for segment in segments:
+        source = scan.at(segment.overrides)
+        for i, rule in enumerate(segment.stage.rules[:segment.end]):
+            trace = segment.matched.get(i) or RuleTrace(rule.name, rule.type, False)
+            if rule.when is not None:
+                _test(rule.when, source, trace)
+            traces.append(trace)
+    return traces
+
+
+def _apply(rule: Rule, decision: Decision, facts: FactsView, trace: RuleTrace,
            procedures: ProcedureRunner | None) -> bool:
     """Record what a matching rule does; True when a custom procedure says stop."""
     params = rule.params
@@ -143,7 +260,7 @@ def _apply(rule: Rule, decision: Decision, facts: _Facts, trace: RuleTrace,
     return False
 
 
-def _route(params: dict[str, Any], facts: _Facts, trace: RuleTrace) -> dict[str, Any]:
+def _route(params: dict[str, Any], facts: FactsView, trace: RuleTrace) -> dict[str, Any]:
     """A fixed destination, or the agent named in the reply's tag (else the default)."""
     if not params.get("original_agent"):
         return dict(params)
@@ -152,62 +269,36 @@ def _route(params: dict[str, Any], facts: _Facts, trace: RuleTrace) -> dict[str,
     return {"agent": str(agent)} if agent else dict(params["default"])
 
 
-def _test(node: Node, facts: _Facts, trace: RuleTrace) -> bool:
+class _Source(Protocol):
+    def leaf(self, cond: Condition) -> tuple[bool, Any]: ...
+
+
+def _holds(node: Node, source: _Source) -> bool:
+    """``_test`` without the trace: whether the condition tree is true."""
+    if not isinstance(node, Combinator):
+        return bool(source.leaf(node)[0])
+    if node.kind == "not":
+        return not _holds(node.items[0], source)
+    settles = node.kind == "any"  # the answer one item settles the whole on
+    for item in node.items:
+        if _holds(item, source) == settles:
+            return settles
+    return not settles
+
+
+def _test(node: Node, facts: _Source, trace: RuleTrace) -> bool:
     if isinstance(node, Combinator):
-        if node.kind == "all":
-            return all(_test(n, facts, trace) for n in node.items)
-        if node.kind == "any":
-            return any(_test(n, facts, trace) for n in node.items)
-        return not _test(node.items[0], facts, trace)
-    result, actual = _leaf(node, facts)
+        if node.kind == "not":
+            return not _test(node.items[0], facts, trace)
+        settles = node.kind == "any"  # as any() and all() would, without a generator
+        for item in node.items:
+            if bool(_test(item, facts, trace)) == settles:
+                return settles
+        return not settles
+    result, actual = facts.leaf(node)
     trace.conditions.append(ConditionTrace(node.key, node.op, node.source, actual, result))
     return result
 
 
-def _leaf(cond: Condition, facts: _Facts) -> tuple[bool, Any]:
-    actual = facts.get(cond.key)
-    operator = OPERATORS[cond.op]
-    if cond.op == "exists":
-        present = actual not in (None, "", [])
-        return present == cond.operand, actual
-    if actual is None:
-        return cond.op == "not_equals", actual
-    value = facts.folded(cond.key) if operator.casefold and not cond.sensitive else actual
-    if isinstance(value, list) and cond.op not in ("equals", "not_equals"):
-        hits = [operator.test(v, cond.operand) for v in value if v is not None]
-        return any(hits), actual
-    if isinstance(value, list):  # equals on a list: any element equals
-        found = any(v == cond.operand for v in value)
-        return (found if cond.op == "equals" else not found), actual
-    return operator.test(value, cond.operand), actual
-
-
-class _Facts:
-    """Read-through view over the caller's facts, with case-folded copies made once."""
-
-    def __init__(self, facts: Mapping[str, Any]):
-        self._facts = facts
-        self._overrides: dict[str, Any] = {}
-        self._folded: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        if key in self._overrides:
-            return self._overrides[key]
-        return self._facts.get(key)
-
-    def set(self, key: str, value: Any) -> None:
-        self._overrides[key] = value
-        self._folded.pop(key, None)
-
-    def folded(self, key: str) -> Any:
-        if key not in self._folded:
-            value = self.get(key)
-            if isinstance(value, str):
-                value = value.casefold()
-            elif isinstance(value, list):
-                value = [v.casefold() if isinstance(v, str) else v for v in value]
-            self._folded[key] = value
-        return self._folded[key]
-
-    def mapping(self) -> dict[str, Any]:
-        return {**dict(self._facts), **self._overrides}
+_leaf = check  # (result, actual) of one condition; kept under its old name
+_Facts = FactsView  # the reference's view of the facts; kept under its old name
