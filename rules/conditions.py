@@ -164,6 +164,8 @@ def check(cond: Condition, facts: FactSource) -> tuple[bool, Any]:
     if actual is None:
         return cond.op == "not_equals", actual
     value = facts.folded(cond.key) if operator.casefold and not cond.sensitive else actual
+    if cond.op in TEXT_OPS and _texty(cond.operand):  # a number where text is compared
+        value = [_as_text(v) for v in value] if isinstance(value, list) else _as_text(value)
     if isinstance(value, list) and cond.op not in ("equals", "not_equals"):
         hits = [operator.test(v, cond.operand) for v in value if v is not None]
         return any(hits), actual
@@ -171,6 +173,20 @@ def check(cond: Condition, facts: FactSource) -> tuple[bool, Any]:
         found = any(v == cond.operand for v in value)
         return (found if cond.op == "equals" else not found), actual
     return operator.test(value, cond.operand), actual
+
+
+TEXT_OPS = frozenset({"equals", "not_equals", "contains", "starts_with", "ends_with",
+                      "matches", "in"})
+
+
+def _texty(operand: Any) -> bool:
+    if isinstance(operand, list):
+        return bool(operand) and isinstance(operand[0], str)
+    return isinstance(operand, str) or hasattr(operand, "search")
+
+
+def _as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def coerce_operand(kind: str, op: str, value: Any) -> Any:
