@@ -154,12 +154,11 @@ class RuleFiles:
     def context(self) -> RulesContext:
         stamp = tuple(_mtime(p) for p in self.paths)
         if self._context is None or stamp != self._stamp:
-            self._stamp = stamp
-            self._reload()
+            self._reload(stamp)
         assert self._context is not None
         return self._context
 
-    def _reload(self) -> None:
+    def _reload(self, stamp: tuple[Any, ...]) -> None:
         from pathlib import Path
 
         from rules.schema import RuleErrors, load_rules
@@ -167,7 +166,15 @@ class RuleFiles:
         try:
             ruleset = load_rules([Path(p) for p in self.paths],
                                  set(self.account_names.values()))
+            if tuple(_mtime(p) for p in self.paths) != stamp:
+                raise _Changing  # saved while we read it: try again with the next group
+            self._stamp = stamp
+        except _Changing:
+            if self._context is None:
+                self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
+            return
         except RuleErrors as exc:
+            self._stamp = stamp
             self.error = str(exc)
             log.error("rules not reloaded, keeping version %s:\n%s",
                       self._context.ruleset.version if self._context else "none", exc)
@@ -180,6 +187,10 @@ class RuleFiles:
         self._context = RulesContext(ruleset, self.account_names, runner, self.tag_keys,
                                      counters)
         log.info("rules version %s loaded (%d rules)", ruleset.version, len(ruleset.rules))
+
+
+class _Changing(Exception):
+    """A rule file changed while it was being read."""
 
 
 def _mtime(path: str) -> tuple[int, int] | None:

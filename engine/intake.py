@@ -67,6 +67,8 @@ class Writer:
     def __init__(self, url: str, busy_timeout_ms: int = 10_000,
                  rules: RuleFiles | None = None):
         self.rules = rules
+        if rules is not None:
+            rules.context()  # load now, not with the first message
         engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1)
         self._checkpoints = (checkpoint_in_background(engine)
                              if engine.dialect.name == "sqlite" else None)

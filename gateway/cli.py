@@ -92,8 +92,23 @@ def serve(ctx: click.Context) -> None:
     from gateway.server import serve as run
 
     settings = settings_from(ctx)
+    _check_rules(settings)
     database.upgrade(settings.database_url)
     sys.exit(run(settings))
+
+
+def _check_rules(settings: Settings) -> None:
+    """Refuse to start on rule files that don't validate (a reload would keep the old set;
+    at start there is none)."""
+    from rules.schema import RuleErrors, load_rules
+
+    try:
+        load_rules(list(settings.rules), {a.name for a in settings.accounts})
+    except RuleErrors as exc:
+        click.echo("postdesk: rules error", err=True)
+        for error in exc.errors:
+            click.echo(f"  {error}", err=True)
+        sys.exit(2)
 
 
 @main.group()

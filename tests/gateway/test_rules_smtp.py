@@ -262,3 +262,12 @@ def test_reply_that_lost_the_marker_finds_the_tag_through_in_reply_to(ruled: Ins
     deliver(ruled, reply)
     msg = stored(ruled, "<r-lost@c>")
     assert msg.route_agent == "bob" and msg.thread_id == first.thread_id
+
+
+def test_serve_refuses_to_start_on_invalid_rules(instance: Instance) -> None:
+    instance.dir.mkdir(parents=True)
+    (instance.dir / "rules.yaml").write_text("version: 1\nrules:\n  - name: x\n    type: nope\n")
+    instance.write(extra="rules: [rules.yaml]\n")
+    result = instance.cli("serve", check=False)
+    assert result.returncode == 2
+    assert "rules.yaml:4:11: rules[0].type: unknown rule type 'nope'" in result.stderr
