@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,11 +153,25 @@ class RuleFiles:
     _stamp: tuple[Any, ...] = ()
 
     def context(self) -> RulesContext:
+        if self._context is None:
+            self._first_load()
         stamp = tuple(_mtime(p) for p in self.paths)
-        if self._context is None or stamp != self._stamp:
+        if stamp != self._stamp:
             self._reload(stamp)
         assert self._context is not None
         return self._context
+
+    def _first_load(self, patience: float = 5.0) -> None:
+        """At start there is nothing to keep running: wait out a save in progress (the
+        files were valid when ``serve`` checked them) before settling for no rules."""
+        deadline = time.monotonic() + patience
+        while True:
+            self._reload(tuple(_mtime(p) for p in self.paths))
+            if self._context is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self._context is None:
+            self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
 
     def _reload(self, stamp: tuple[Any, ...]) -> None:
         from pathlib import Path
@@ -170,16 +185,12 @@ class RuleFiles:
                 raise _Changing  # saved while we read it: try again with the next group
             self._stamp = stamp
         except _Changing:
-            if self._context is None:
-                self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
             return
         except RuleErrors as exc:
             self._stamp = stamp
             self.error = str(exc)
             log.error("rules not reloaded, keeping version %s:\n%s",
                       self._context.ruleset.version if self._context else "none", exc)
-            if self._context is None:
-                self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
             return
         self.error = None
         runner = ProcedureRunner(ruleset.procedure_timeout_ms)
