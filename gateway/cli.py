@@ -156,6 +156,7 @@ def _summary(message: Message, accounts: dict[int, str], extra: list[int]) -> di
         "date": message.date.isoformat(),
         "received_at": message.received_at.isoformat(),
         "state": message.state,
+        "classification": message.classification,
         "thread": message.thread_id,
         "thread_reason": message.thread_reason,
         "size": message.size,
@@ -232,6 +233,8 @@ def message_show(ctx: click.Context, message_id: int, as_json: bool, raw: bool) 
                  "charset": msg.charset, "text": msg.body_text,
                  "has_html": msg.body_html is not None,
                  "error": msg.error, "defects": msg.defects,
+                 "route": {"group": msg.route_group, "agent": msg.route_agent},
+                 "rule_version": msg.rule_version, "decision": msg.decision,
                  "attachments": [{"filename": a.filename, "content_type": a.content_type,
                                   "size": a.size, "disposition": a.disposition}
                                  for a in session.scalars(select(Attachment)

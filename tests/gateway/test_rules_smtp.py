@@ -230,18 +230,20 @@ def test_rule_hit_counts(ruled: Instance) -> None:
 
 
 def test_backtest_shows_what_a_changed_rule_set_would_do(ruled: Instance) -> None:
+    deliver(ruled, make_mail("Invoice to backtest", message_id="<r-bt-bill@c>"))
+    deliver(ruled, make_mail("Out of office, backtest", message_id="<r-bt-ooo@c>"))
     changed = ruled.dir / "changed.yaml"
     changed.write_text(RULES.replace("classification: billing", "classification: finance")
                        .replace("route: {group: billing}", "route: {group: finance}"))
     report = json.loads(ruled.cli("rules", "backtest", str(changed), "--json").stdout)
     assert report["evaluated"] == len(ruled.messages())
     by_id = {c["message"]: c["diff"] for c in report["changed"]}
-    billed = stored(ruled, "<r-bill@c>")
+    billed = stored(ruled, "<r-bt-bill@c>")
     assert by_id[str(billed.id)] == {"classification": ["billing", "finance"],
                                      "route": [{"group": "billing"}, {"group": "finance"}]}
-    untouched = stored(ruled, "<r-ooo@c>")  # still auto-deleted by the changed rules
+    untouched = stored(ruled, "<r-bt-ooo@c>")  # still auto-deleted by the changed rules
     assert str(untouched.id) not in by_id
-    assert stored(ruled, "<r-bill@c>").classification == "billing"  # nothing was acted on
+    assert stored(ruled, "<r-bt-bill@c>").classification == "billing"  # nothing acted on
 
 
 def test_reply_that_lost_the_marker_finds_the_tag_through_in_reply_to(ruled: Instance) -> None:
@@ -271,3 +273,11 @@ def test_serve_refuses_to_start_on_invalid_rules(instance: Instance) -> None:
     result = instance.cli("serve", check=False)
     assert result.returncode == 2
     assert "rules.yaml:4:11: rules[0].type: unknown rule type 'nope'" in result.stderr
+
+
+def test_message_show_json_carries_the_decision(ruled: Instance) -> None:
+    deliver(ruled, make_mail("Invoice for show", message_id="<r-show@c>"))
+    shown = ruled.cli_json("message", "show", str(stored(ruled, "<r-show@c>").id))
+    assert shown["classification"] == "billing"
+    assert shown["route"] == {"group": "billing", "agent": None}
+    assert shown["rule_version"] and shown["decision"]["classification"] == "billing"
