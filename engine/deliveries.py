@@ -22,7 +22,7 @@ from engine.mime import ParsedMessage, parse_message
 from engine.store.models import Attachment, Blob, History, Message, MessageAccount, RuleStat
 from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
-from rules.evaluate import Decision, RuleTrace
+from rules.evaluate import Decision
 
 _MESSAGES = Message.__table__
 _FIND_KEYS = select(_MESSAGES.c.dedupe_key, _MESSAGES.c.id, _MESSAGES.c.needs_attention).where(
@@ -127,9 +127,10 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
     _history(conn, [(pk, row["thread_id"], d.envelope, action["type"], action)
                     for (pk, d, row), decision in zip(new, decisions, strict=True)
                     if decision is not None for action in decision.actions])
-    _count_hits(conn, [decision for decision in decisions if decision is not None]
-                + [d for d in _rejections(plan)], deliveries[0].envelope.received_at
-                if deliveries else None)
+    hit = [name for decision in decisions if decision is not None
+           for name in matched_rules(decision)]
+    hit += [ref.rule for kind, ref in plan if kind == "rejected" and ref.rule]
+    _count_hits(conn, hit, deliveries[0].envelope.received_at if deliveries else None)
     return outcomes
 
 
@@ -155,16 +156,11 @@ def _outcome(kind: str, ref: Any, known: dict[str, Any], pks: list[int]) -> Rece
     return Receipt(pks[ref], kind == "again", False)
 
 
-def _rejections(plan: list[tuple[str, Any]]) -> list[Decision]:
-    return [Decision(version="", stopped_by=r.rule, trace=[RuleTrace(r.rule, "reject", True)])
-            for kind, r in plan if kind == "rejected" and r.rule]
-
-
-def _count_hits(conn: Connection, decisions: list[Decision], when: Any) -> None:
+def _count_hits(conn: Connection, rules_hit: list[str], when: Any) -> None:
+    """Add this group's matches to each rule's hit count (``postdesk rules stats``)."""
     hits: dict[str, int] = {}
-    for decision in decisions:
-        for name in matched_rules(decision):
-            hits[name] = hits.get(name, 0) + 1
+    for name in rules_hit:
+        hits[name] = hits.get(name, 0) + 1
     if hits:
         execute_many(conn, _count_statement(conn.dialect.name),
                      [{"rule": r, "hits": n, "last_matched_at": when}

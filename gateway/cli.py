@@ -21,6 +21,7 @@ from engine.store import database
 from engine.store.models import Account, Attachment, Message, MessageAccount, User
 from engine.tags import generate_secret
 from engine.users import create_user, generate_password
+from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "engine" / "defaults"
@@ -100,15 +101,7 @@ def serve(ctx: click.Context) -> None:
 def _check_rules(settings: Settings) -> None:
     """Refuse to start on rule files that don't validate (a reload would keep the old set;
     at start there is none)."""
-    from rules.schema import RuleErrors, load_rules
-
-    try:
-        load_rules(list(settings.rules), {a.name for a in settings.accounts})
-    except RuleErrors as exc:
-        click.echo("postdesk: rules error", err=True)
-        for error in exc.errors:
-            click.echo(f"  {error}", err=True)
-        sys.exit(2)
+    load_or_exit(list(settings.rules), settings, exit_code=2)
 
 
 @main.group()

@@ -39,14 +39,19 @@ def _load(files: tuple[str, ...], settings: Settings | None) -> RuleSet:
     paths = [Path(f) for f in files] or (settings.rules if settings else [])
     if not paths:
         raise click.ClickException("no rule files given and none configured")
+    return load_or_exit(paths, settings, exit_code=1)
+
+
+def load_or_exit(paths: list[Path], settings: Settings | None, exit_code: int) -> RuleSet:
+    """Load rule files or print every located problem and exit with ``exit_code``."""
     accounts = {a.name for a in settings.accounts} if settings else None
     try:
         return load_rules(paths, accounts)
     except RuleErrors as exc:
         for error in exc.errors:
             click.echo(str(error), err=True)
-        click.echo(f"postdesk: {len(exc.errors)} problem(s)", err=True)
-        sys.exit(1)
+        click.echo(f"postdesk: {len(exc.errors)} problem(s) in the rules", err=True)
+        sys.exit(exit_code)
 
 
 @rules.command("check")
