@@ -27,6 +27,7 @@ from typing import Any
 import jinja2
 from inscriptis import get_text
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.mergefields import (
@@ -244,7 +245,7 @@ def _values(context: Mapping[str, Any], custom: Mapping[str, Any] | None) -> dic
 def _run(template: jinja2.Template, values: Mapping[str, Any]) -> str:
     try:
         return template.render(values)
-    except jinja2.SecurityError as exc:
+    except SecurityError as exc:
         raise SandboxViolation(str(exc)) from None
     except jinja2.UndefinedError as exc:
         match = _UNDEFINED.match(str(exc))
