@@ -1,0 +1,144 @@
+"""A throwaway Dovecot IMAP server for tests and ``bench/imap.py`` (needs root and Debian's
+``dovecot-imapd``; ``make test`` installs it).
+
+``tests/fixtures/start-dovecot.sh`` writes a self-contained config (own users, Maildirs,
+self-signed certificate) under a ``mkdtemp`` directory (not pytest's ``tmp_path``: Dovecot
+reads mail as ``nobody``, which cannot pass through the 0700 ``/tmp/pytest-of-root``). Any
+user name logs in with ``PASSWORD`` and gets a fresh mailbox, so each test takes its own.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import itertools
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PASSWORD = "testpw"
+_names = itertools.count(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dovecot:
+    """One running Dovecot: ``port`` (IMAP with STARTTLS), ``ssl_port`` (IMAPS)."""
+
+    def __init__(self) -> None:
+        if not Path("/usr/sbin/dovecot").exists():
+            raise RuntimeError("Debian's dovecot-imapd is not installed "
+                               "(make test installs it as root)")
+        self.dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
+        self.port, self.ssl_port = _free_port(), _free_port()
+        self.cafile = self.dir / "cert.pem"
+        self.conf = self.dir / "dovecot.conf"
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run([FIXTURES / "start-dovecot.sh", str(self.dir), str(self.port),
+                        str(self.ssl_port)], check=True, capture_output=True, timeout=60,
+                       env={**os.environ, "ANY_USER_PASSWORD": PASSWORD})
+
+    def stop(self) -> None:
+        subprocess.run([FIXTURES / "stop-dovecot.sh", str(self.dir)], capture_output=True,
+                       timeout=60)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the master and every Dovecot process of its group."""
+        pid = int((self.dir / "run" / "master.pid").read_text())
+        if os.getpgid(pid) == pid:  # the start script makes the master a group leader
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def new_user(self) -> str:
+        """A fresh user name with an empty mailbox (created now, owned by the mail user)."""
+        user = f"u{os.getpid()}x{next(_names)}"
+        self._maildir(user)
+        return user
+
+    def _maildir(self, user: str) -> Path:
+        base = self.dir / "mail" / user / "Maildir"
+        if not base.exists():
+            nobody = pwd.getpwnam("nobody")
+            for sub in ("", "cur", "new", "tmp"):
+                (base / sub).mkdir(parents=True, exist_ok=True)
+            for path in (base.parent, base, base / "cur", base / "new", base / "tmp"):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        return base
+
+    def deliver(self, user: str, raw: bytes, mailbox: str = "INBOX") -> None:
+        """A real delivery (``doveadm save``): indexes updated, IDLE clients notified."""
+        subprocess.run(["doveadm", "-c", str(self.conf), "save", "-u", user, "-m", mailbox],
+                       input=raw, check=True, capture_output=True, timeout=30)
+
+    def deliver_many(self, user: str, raws: list[bytes]) -> None:
+        """Many messages at once, written into ``Maildir/new`` as an MDA does (tmp, rename)."""
+        base = self._maildir(user)
+        nobody = pwd.getpwnam("nobody")
+        stamp = time.time_ns()
+        for i, raw in enumerate(raws):
+            name = f"{stamp // 10**9}.M{stamp % 10**9}Q{i}.test,S={len(raw)}"
+            tmp = base / "tmp" / name
+            tmp.write_bytes(raw)
+            os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
+            tmp.rename(base / "new" / name)
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        conn = imaplib.IMAP4("127.0.0.1", self.port, timeout=30)
+        conn.login(user, PASSWORD)
+        return conn
+
+    def count(self, user: str, mailbox: str = "INBOX") -> int:
+        """Messages in ``mailbox`` (0 if it does not exist), as the server sees them."""
+        conn = self.imap(user)
+        try:
+            status, data = conn.status(f'"{mailbox}"', "(MESSAGES)")
+            if status != "OK":
+                return 0
+            return int(data[0].decode().rsplit("MESSAGES", 1)[1].strip(" )"))
+        finally:
+            conn.logout()
+
+    def message_ids(self, user: str, mailbox: str) -> list[str]:
+        """Message-ID headers of every message in ``mailbox``."""
+        conn = self.imap(user)
+        try:
+            if conn.select(f'"{mailbox}"', readonly=True)[0] != "OK":
+                return []
+            _, data = conn.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+            return [part[1].decode().split(":", 1)[1].strip() for part in data
+                    if isinstance(part, tuple)]
+        finally:
+            conn.logout()
+
+    def flags(self, user: str, mailbox: str) -> list[str]:
+        conn = self.imap(user)
+        try:
+            conn.select(f'"{mailbox}"', readonly=True)
+            _, data = conn.fetch("1:*", "(FLAGS)")
+            return [d.decode() for d in data if d]
+        finally:
+            conn.logout()
