@@ -132,10 +132,6 @@ def decision_columns(decision: Decision | None, received_at: Any) -> dict[str, A
     }
 
 
-def matched_rules(decision: Decision) -> list[str]:
-    return [t.rule for t in decision.trace if t.matched]
-
-
 @dataclass
 class RuleFiles:
     """The configured rule files, reloaded when they change (checked once per group).

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.decisions import RulesContext, decision_columns, matched_rules
+from engine.decisions import RulesContext, decision_columns
 from engine.mime import ParsedMessage, parse_message
 from engine.store.models import Attachment, Blob, History, Message, MessageAccount, RuleStat
 from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
@@ -128,7 +128,7 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
                     for (pk, d, row), decision in zip(new, decisions, strict=True)
                     if decision is not None for action in decision.actions])
     hit = [name for decision in decisions if decision is not None
-           for name in matched_rules(decision)]
+           for name in decision.matched_rules()]
     hit += [ref.rule for kind, ref in plan if kind == "rejected" and ref.rule]
     _count_hits(conn, hit, deliveries[0].envelope.received_at if deliveries else None)
     return outcomes

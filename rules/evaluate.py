@@ -48,10 +48,10 @@ STAGES: tuple[tuple[str, str, bool], ...] = (  # (type, matching, stops when it 
     ("document-retrieval", EVERY, False),
     ("routing", FIRST, False),
 )
-# Up to this many rules (for the account), testing each in turn beats scanning for needles
-# once the trace is read, as the intake always does (measured with bench/rules.py rule sets:
-# the two meet between 70 and 100 rules; without reading the trace, near 20).
-SMALL_PLAN = 64
+# Up to this many rules (for the account), testing each in turn beats scanning for needles,
+# with or without the stored summary (measured with bench/rules.py rule sets: in turn wins at
+# 10 rules, the scan from 20 on).
+SMALL_PLAN = 16
 STATE_AFTER = {"auto-delete": "deleted", "auto-redirect": "redirected",
                "auto-reply": "auto_replied"}
 
@@ -88,37 +88,60 @@ class Decision:
     stopped_by: str | None = None
     trace: list[RuleTrace] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)  # what parser definitions found
+    considered: dict[str, int] = field(default_factory=dict)  # rules considered per type
 
     def __getattr__(self, name: str) -> Any:
         # ``evaluate`` defers the trace of a large rule set: it is built here on first read,
-        # so a caller that needs only the outcome does not pay for a trace of every rule
-        # considered. (The intake does read it: it stores the trace with the message.)
+        # so a caller that needs only the outcome (or the matched rules, ``matched_traces``)
+        # does not pay for a trace of every rule considered.
         build = self.__dict__.get("_build_trace") if name == "trace" else None
         if build is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         self.trace = build()
         self.__dict__.pop("_build_trace", None)
+        self.__dict__.pop("_build_matched", None)
         return self.trace
 
     def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles carry the built trace, not its builder."""
+        """Copies and pickles carry the built trace, not its builders."""
         trace = self.trace
-        return {**self.__dict__, "trace": trace}
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_build")}
+        return {**state, "trace": trace}
 
-    def _defer_trace(self, build: Callable[[], list[RuleTrace]]) -> None:
+    def _defer_trace(self, build: Callable[[], list[RuleTrace]],
+                     matched: Callable[[], list[RuleTrace]]) -> None:
         del self.__dict__["trace"]
         self.__dict__["_build_trace"] = build
+        self.__dict__["_build_matched"] = matched
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe summary kept with the message (the console and explain read it)."""
+    def matched_traces(self) -> list[RuleTrace]:
+        """The rules that matched, in evaluation order, each with its conditions; cheap
+        even when the full trace is deferred."""
+        if "trace" in self.__dict__:
+            return [t for t in self.trace if t.matched]
+        return self.__dict__["_build_matched"]()
+
+    def matched_rules(self) -> list[str]:
+        return [t.rule for t in self.matched_traces()]
+
+    def to_json(self, full: bool = False) -> dict[str, Any]:
+        """A JSON-safe summary kept with the message (the console reads it).
+
+        Stored, the trace holds the rules that matched, each condition with its actual
+        value, and ``considered`` counts per type the rules looked at: the cost of a
+        thousand-rule set's full trace is not paid on every message. ``full`` (``rules
+        explain --json``) holds every rule considered and every condition tested.
+        """
+        traces = self.trace if full else self.matched_traces()
         return {
             "version": self.version, "reject": self.reject,
             "classification": self.classification, "state": self.state,
             "actions": self.actions, "route": self.route, "documents": self.documents,
             "stopped_by": self.stopped_by, "fields": self.fields,
+            "considered": self.considered,
             "trace": [{"rule": t.rule, "type": t.type, "matched": t.matched, "note": t.note,
                        "conditions": [[c.key, c.op, c.expected, _short(c.actual), c.result]
-                                      for c in t.conditions]} for t in self.trace],
+                                      for c in t.conditions]} for t in traces],
         }
 
 
@@ -147,12 +170,14 @@ def evaluate(ruleset: RuleSet, facts: Mapping[str, Any], account: str | None = N
     scan = Scan(plan, facts)
     decision = Decision(version=ruleset.version)
     segments: list[_Segment] = []
-    decision._defer_trace(lambda: _build_trace(scan, segments))
+    decision._defer_trace(lambda: _build_trace(scan, segments),
+                          lambda: _build_trace(scan, segments, matched_only=True))
     for stage in plan.stages:
         segment = _Segment(stage, scan.view.overrides, len(stage.rules))
         segments.append(segment)
         stopped = _run_stage(stage, segment, scan, decision, procedures)
         scan.prefetch(stage, segment.end)
+        decision.considered[stage.rule_type] = segment.end
         if stopped:
             break
     return decision
@@ -176,6 +201,7 @@ def _in_turn(stages: Iterable[tuple[Sequence[Rule], str, bool]], version: str,
         for rule in rules:
             trace = RuleTrace(rule.name, rule.type, False)
             decision.trace.append(trace)
+            decision.considered[rule.type] = decision.considered.get(rule.type, 0) + 1
             trace.matched = rule.when is None or _test(rule.when, view, trace)
             if not trace.matched:
                 continue
@@ -195,20 +221,36 @@ class _Segment:
     stage: StagePlan
     overrides: dict[str, Any]  # the facts' overrides while the stage ran
     end: int
-    matched: dict[int, RuleTrace] = field(default_factory=dict)
+    matched: dict[int, RuleTrace | None] = field(default_factory=dict)  # None: no note
 
 
 def _run_stage(stage: StagePlan, segment: _Segment, scan: Scan, decision: Decision,
                procedures: ProcedureRunner | None) -> bool:
     """Test the stage's candidates in order; True when a rule stopped the evaluation."""
-    rules, sure, quick, first = stage.rules, stage.sure, stage.quick, stage.matching == FIRST
     found = scan.candidates(stage)
+    if not found:
+        return False
+    rules, sure, quick, odd = stage.rules, stage.sure, stage.quick, scan.odd_seen
+    if stage.plain:  # every match, nothing can stop: find them all, then apply together
+        hits = []
+        while found:
+            low = found & -found  # the lowest bit: rules in file order
+            found ^= low
+            i = low.bit_length() - 1
+            if odd:  # a text test meets a non-text fact: test as written, raise alike
+                if rules[i].when is None or _holds(rules[i].when, scan):
+                    hits.append(i)
+            elif i in sure or quick[i] is None or quick[i](scan):
+                hits.append(i)
+        _apply_all(stage, hits, segment, decision, scan.view)
+        return False
+    first = stage.matching == FIRST
     while found:
-        low = found & -found  # the lowest bit: rules in file order
+        low = found & -found
         found ^= low
         i = low.bit_length() - 1
         rule = rules[i]
-        if scan.odd_seen:  # a text test meets a non-text fact: test as written, raise alike
+        if odd:
             if rule.when is not None and not _holds(rule.when, scan):
                 continue
         elif i not in sure and quick[i] is not None and not quick[i](scan):
@@ -223,13 +265,33 @@ def _run_stage(stage: StagePlan, segment: _Segment, scan: Scan, decision: Decisi
     return False
 
 
-def _build_trace(scan: Scan, segments: list[_Segment]) -> list[RuleTrace]:
-    """Every rule considered, with every condition the reference evaluation tests."""
+def _apply_all(stage: StagePlan, hits: list[int], segment: _Segment, decision: Decision,
+               facts: FactsView) -> None:
+    """Apply the matching rules of an every-match stage no rule of which can stop."""
+    if stage.rule_type == "document-retrieval":
+        segment.matched.update(dict.fromkeys(hits))
+        _add_documents(decision, [d for i in hits for d in stage.documents[i]])
+        return
+    for i in hits:
+        rule = stage.rules[i]
+        trace = segment.matched[i] = RuleTrace(rule.name, rule.type, True)
+        _apply(rule, decision, facts, trace, None)
+
+
+def _build_trace(scan: Scan, segments: list[_Segment],
+                 matched_only: bool = False) -> list[RuleTrace]:
+    """Every rule considered (or only those that matched), with every condition the
+    reference evaluation tests."""
     traces: list[RuleTrace] = []
     for segment in segments:
         source = scan.at(segment.overrides)
-        for i, rule in enumerate(segment.stage.rules[:segment.end]):
-            trace = segment.matched.get(i) or RuleTrace(rule.name, rule.type, False)
+        rules = segment.stage.rules
+        positions = sorted(segment.matched) if matched_only else range(segment.end)
+        for i in positions:
+            rule = rules[i]
+            seen = segment.matched.get(i)  # a copy: each build tests the conditions anew
+            trace = RuleTrace(rule.name, rule.type, i in segment.matched,
+                              note=seen.note if seen else "")
             if rule.when is not None:
                 _test(rule.when, source, trace)
             traces.append(trace)
@@ -248,8 +310,7 @@ def _apply(rule: Rule, decision: Decision, facts: FactsView, trace: RuleTrace,
     elif rule.type == "routing":
         decision.route = _route(params, facts, trace)
     elif rule.type == "document-retrieval":
-        decision.documents += [d for d in params.get("documents", [])
-                               if d not in decision.documents]
+        _add_documents(decision, params.get("documents", []))
     else:
         decision.state = STATE_AFTER.get(rule.type, decision.state)
         decision.actions.append({"type": rule.type, "rule": rule.name, **params})
@@ -258,6 +319,12 @@ def _apply(rule: Rule, decision: Decision, facts: FactsView, trace: RuleTrace,
         trace.note = "procedure said continue" if keep_going else "procedure said stop"
         return not keep_going
     return False
+
+
+def _add_documents(decision: Decision, documents: list[str]) -> None:
+    """Suggest each document once, in the order the rules first named it."""
+    if documents:
+        decision.documents = list(dict.fromkeys([*decision.documents, *documents]))
 
 
 def _route(params: dict[str, Any], facts: FactsView, trace: RuleTrace) -> dict[str, Any]:

@@ -7,9 +7,9 @@ long as the rule set lives) what ``rules.evaluate`` needs to scale with the numb
 - one finder per fact key holding every needle of the rules (``rules.needles``), folded:
   ``contains``, ``starts_with``, ``ends_with``, ``equals`` and ``in`` operands and the
   literals every match of a regex contains. Past ``SMALL_FINDER`` needles it is an
-  Aho-Corasick automaton, whose one pass costs the same for 10 needles or 10,000; below,
-  ``in`` per needle is cheaper. A ``case: sensitive`` needle is looked for in the raw fact
-  only when its folded form was found;
+  Aho-Corasick automaton (ahocorasick-rs), whose one pass costs the same for 10 needles or
+  10,000; below, ``in`` per needle is cheaper. A ``case: sensitive`` needle is looked for in
+  the raw fact only when its folded form was found;
 - each rule's condition tree reordered to decide quickly (set lookups first, regexes last:
   ``and``/``or`` of pure tests do not depend on order), the written order kept for traces;
 - per stage, the rules each needle can make true, and the rules tested on every message
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import ahocorasick
+import ahocorasick_rs
 
 from rules.needles import Needle, requirement
 from rules.scan import decider
@@ -58,22 +58,23 @@ class StagePlan:
     quick: tuple[Any, ...]  # each rule's ``when`` as a ``Decider``, cheap tests first
     sure: frozenset[int]  # positions true whenever one of their needles is found
     keys: tuple[tuple[int, str], ...]  # (first position, key), for the deferred trace
-
-
-Masks = tuple[tuple[int, int], ...]  # (stage index, rules of that stage as a bit mask)
+    plain: bool  # every match and nothing can stop it: matches are applied together
+    documents: tuple[tuple[str, ...], ...]  # each rule's suggested documents
 
 
 @dataclass(frozen=True)
 class RulePlan:
-    """Sets of rules are int bit masks (bit i: the rule at position i of its stage), so a
-    union is one C operation and the lowest bit first is file order."""
+    """Sets of rules are int bit masks over all stages (bit ``offsets[s] + i``: the rule at
+    position i of stage s), so a union is one C operation, a stage's rules one shift, and
+    the lowest bit first is file order."""
 
     stages: tuple[StagePlan, ...]
     size: int  # rules in all stages
-    always: tuple[int, ...]  # per stage, the rules tested on every message
-    needles: dict[ScanKey, dict[str, Masks]]  # needle -> the rules it may make true
+    offsets: tuple[int, ...]  # per stage, the bit of its first rule
+    always: int  # the rules tested on every message
+    needles: dict[ScanKey, dict[str, int]]  # needle -> the rules it may make true
     fragile: frozenset[str]  # keys with insensitive regex needles (``Scan.regex_hits``)
-    checked: dict[str, Masks]  # key -> the rules testing it with a text operator
+    checked: dict[str, int]  # key -> the rules testing it with a text operator
     finders: dict[str, Any]  # key -> automaton, or tuple of needles, over the folded fact
     cased: dict[str, dict[str, tuple[str, ...]]]  # key -> folded form -> sensitive needles
     dotted: dict[str, tuple[Any, int]]  # key -> (finder, longest) of the insensitive regex
@@ -119,21 +120,25 @@ def compile_plan(ruleset: RuleSet, account: str | None,
     probes = {id(c): p for rules, *_ in chosen for r in rules for c in _leaves(r.when)
               if (p := _probe(c)) is not None}
     built = [_stage_plan(i, *args, probes) for i, args in enumerate(chosen)]
-    needles: dict[ScanKey, dict[str, list[tuple[int, int]]]] = defaultdict(
-        lambda: defaultdict(list))
-    checked: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for stage, tables in built:
+    offsets = [0]
+    for stage, _ in built:
+        offsets.append(offsets[-1] + len(stage.rules))
+    needles: dict[ScanKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    checked: dict[str, int] = defaultdict(int)
+    always = 0
+    for (_, tables), at in zip(built, offsets, strict=False):
+        always |= tables.always << at
         for scan_key, table in tables.needles.items():
             for text, rules in table.items():
-                needles[scan_key][text].append((stage.index, rules))
+                needles[scan_key][text] |= rules << at
         for key, rules in tables.checked.items():
-            checked[key].append((stage.index, rules))
+            checked[key] |= rules << at
     plans = tuple(stage for stage, _ in built)
     return RulePlan(
-        plans, sum(len(p.rules) for p in plans), tuple(t.always for _, t in built),
-        {k: {text: tuple(m) for text, m in t.items()} for k, t in needles.items()},
+        plans, offsets[-1], tuple(offsets[:-1]), always,
+        {k: dict(t) for k, t in needles.items()},
         frozenset().union(*(t.fragile for _, t in built)),
-        {k: tuple(m) for k, m in checked.items()}, *_finders(probes), probes)
+        dict(checked), *_finders(probes), probes)
 
 
 def _finders(probes: dict[int, Probe]) -> tuple[dict[str, Any], dict[str, Any],
@@ -177,7 +182,9 @@ def _stage_plan(index: int, rules: list[Rule], rule_type: str, matching: str, st
         tuple(None if r.when is None else decider(_cheap_first(r.when, probes), probes)
               for r in rules),
         frozenset(i for i, r in enumerate(rules) if r.when is not None and _sure(r.when, probes)),
-        tuple(sorted((i, k) for k, i in keys.items())))
+        tuple(sorted((i, k) for k, i in keys.items())),
+        matching == "every" and not stops and not any("procedure" in r.params for r in rules),
+        tuple(tuple(r.params.get("documents", ())) for r in rules))
     return stage, tables._replace(always=always)
 
 
@@ -227,11 +234,9 @@ def _cost(node: Node | None, probes: dict[int, Probe]) -> int:
 def _finder(words: set[str]) -> Any:
     if len(words) <= SMALL_FINDER:
         return tuple(sorted(words))
-    automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY)
-    for word in words:
-        automaton.add_word(word, word)
-    automaton.make_automaton()
-    return automaton
+    # ahocorasick-rs (Rust): overlapping search returns every needle present in one call,
+    # measured twice as fast as pyahocorasick's per-match iterator on 2.5 KB bodies
+    return ahocorasick_rs.AhoCorasick(sorted(words))
 
 
 __all__ = ["Probe", "RulePlan", "StagePlan", "compile_plan", "plan_for"]

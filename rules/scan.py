@@ -79,7 +79,7 @@ _UNSCANNED = object()
 class Scan:
     """One message against a plan: needles found per fact, candidates per stage, leaves."""
 
-    __slots__ = ("plan", "view", "odd_seen", "_hits", "_odd", "_regex", "_masks")
+    __slots__ = ("plan", "view", "odd_seen", "_hits", "_odd", "_regex", "_found")
 
     def __init__(self, plan: RulePlan, facts: Mapping[str, Any]):
         self.plan = plan
@@ -88,7 +88,7 @@ class Scan:
         self._hits: dict[tuple[str, Any], Any] = {}
         self._odd: dict[str, bool] = {}
         self._regex: dict[tuple[str, str, int], tuple[bool, Any]] = {}
-        self._masks: list[int] | None = None
+        self._found: int | None = None
 
     def at(self, overrides: dict[str, Any]) -> Scan:
         """This scan (same needles found) over the facts as an earlier stage saw them."""
@@ -96,7 +96,7 @@ class Scan:
         other.plan, other.view = self.plan, self.view.at(overrides)
         other.odd_seen = self.odd_seen
         other._hits, other._odd, other._regex = self._hits, self._odd, self._regex
-        other._masks = self._masks
+        other._found = self._found
         return other
 
     def hits(self, key: str, sensitive: bool) -> AbstractSet[str] | None:
@@ -148,31 +148,27 @@ class Scan:
     def candidates(self, stage: StagePlan) -> int:
         """The rules of ``stage`` that may match, as a bit mask; the others certainly do
         not. One pass over the needles found serves every stage."""
-        if self._masks is None:
-            self._masks = self._candidates()
-        return self._masks[stage.index]
+        if self._found is None:
+            self._found = self._candidates()
+        return (self._found >> self.plan.offsets[stage.index]) & ((1 << len(stage.rules)) - 1)
 
-    def _candidates(self) -> list[int]:
-        """Per stage: the always-tested rules, those of the needles found, and every rule
-        of a needle or a text test on a fact that is not text (tested as written)."""
+    def _candidates(self) -> int:
+        """The always-tested rules, those of the needles found, and every rule of a needle
+        or a text test on a fact that is not text (tested as written)."""
         plan = self.plan
-        found = list(plan.always)
+        found = plan.always
         for (key, sensitive), table in plan.needles.items():
             fragile = not sensitive and key in plan.fragile
             hits = self.regex_hits(key) if fragile else self.hits(key, sensitive)
             if hits is None:
-                words: Iterable[str] = table
-            elif len(hits) < len(table):
-                words = [word for word in hits if word in table]
-            else:
-                words = [word for word in table if word in hits]
-            for word in words:
-                for stage, rules in table[word]:
-                    found[stage] |= rules
-        for key, masks in plan.checked.items():
+                for rules in table.values():
+                    found |= rules
+                continue
+            for word in table.keys() & hits:
+                found |= table[word]
+        for key, rules in plan.checked.items():
             if self._is_odd(key):
-                for stage, rules in masks:
-                    found[stage] |= rules
+                found |= rules
         return found
 
     def probe_hits(self, probe: Probe) -> AbstractSet[str] | None:
@@ -228,8 +224,19 @@ def decider(node: Node, probes: dict[int, Probe]) -> Decider:
                 return lambda scan: one(scan) or two(scan)
             return lambda scan: one(scan) and two(scan)
         if node.kind == "any":
-            return lambda scan: any(part(scan) for part in parts)
-        return lambda scan: all(part(scan) for part in parts)
+            def any_of(scan: Scan) -> bool:  # a loop: cheaper than any() of a generator
+                for part in parts:  # noqa: SIM110 (measured: cheaper than any())
+                    if part(scan):
+                        return True
+                return False
+            return any_of
+
+        def all_of(scan: Scan) -> bool:
+            for part in parts:  # noqa: SIM110 (measured: cheaper than all())
+                if not part(scan):
+                    return False
+            return True
+        return all_of
     probe = probes.get(id(node))
     if probe is None or probe.exact is None:
         return lambda scan: bool(scan.leaf(node)[0])
@@ -254,7 +261,10 @@ def _fold(value: Any) -> Any:
 def _find(finder: Any, texts: Iterable[str]) -> set[str]:
     if isinstance(finder, tuple):
         return {word for word in finder for text in texts if word in text}
-    return {word for text in texts for _, word in finder.iter(text)}
+    found: set[str] = set()
+    for text in texts:
+        found.update(finder.find_matches_as_strings(text, overlapping=True))
+    return found
 
 
 def _positions(text: str, marks: tuple[str, ...]) -> list[int]:

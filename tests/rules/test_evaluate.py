@@ -635,12 +635,19 @@ def test_decision_to_json_is_json_serialisable(tmp_path: Path) -> None:
 """)
     facts = {**FACTS, "body": "refund " + "x" * 200}
     decision = evaluate(ruleset, facts)
-    summary = decision.to_json()
+    summary = decision.to_json(full=True)
     again = json.loads(json.dumps(summary))
     assert again == summary
     assert again["classification"] == "billing"
     assert again["route"] == {"group": "billing"}
     assert again["version"] == ruleset.version
+    stored = json.loads(json.dumps(decision.to_json()))  # what the intake keeps
+    assert {k: v for k, v in stored.items() if k != "trace"} == {
+        k: v for k, v in again.items() if k != "trace"}
+    assert stored["trace"] == [t for t in again["trace"] if t["matched"]]
+    assert "dated" not in [t["rule"] for t in stored["trace"]]
+    assert stored["considered"] == {t: sum(r["type"] == t for r in again["trace"])
+                                    for t in {r["type"] for r in again["trace"]}}
     dated = next(t for t in again["trace"] if t["rule"] == "dated")
     assert dated["conditions"] == [["received.date", "before", "datetime.date(2000, 1, 1)",
                                     "2024-03-15", False]]

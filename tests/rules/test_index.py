@@ -51,7 +51,9 @@ def outcome(decision: Decision) -> dict[str, Any]:
 def run(evaluator: Any, ruleset: RuleSet, facts: Mapping[str, Any], account: str | None,
         procedures: Any = None) -> dict[str, Any]:
     try:
-        return outcome(evaluator(ruleset, facts, account, procedures))
+        decision = evaluator(ruleset, facts, account, procedures)
+        stored = decision.to_json()  # before the full trace is read: the matched rules' own
+        return {**outcome(decision), "stored": stored}
     except Exception as exc:  # the reference raises on some odd facts: so must the index
         return {"raised": type(exc).__name__}
 
