@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages Postdesk's setup or tests need, when missing (root only).
 #   system-deps.sh venv        python3-venv, for a Python without the venv module
-#   system-deps.sh test PY     postfix and swaks (test peers) and CPython's test corpus for PY
+#   system-deps.sh test PY     postfix, swaks, dovecot-imapd (test peers) and CPython's test
+#                              corpus for PY
 set -eu
 what=$1
 missing=""
@@ -10,6 +11,7 @@ case "$what" in
   test)
     command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
     [ -x /usr/sbin/postfix ] || missing="$missing postfix"
+    [ -x /usr/sbin/dovecot ] || missing="$missing dovecot-imapd"
     if ! "$2" -c "import test.test_email" 2>/dev/null; then
       ver=$("$2" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
       missing="$missing libpython$ver-testsuite"
