@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -69,6 +70,17 @@ class NoRows(SqlFieldError):
 
 
 @dataclass(frozen=True)
+class CheckedQuery:
+    """What ``check_query`` accepted: ``sql`` for SQLAlchemy ``text()``, its parameters, and
+    its unquoted aliases as written, by folded form (PostgreSQL returns ``AS Plan`` as ``plan``).
+    """
+
+    sql: str
+    params: tuple[str, ...]
+    aliases: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class SqlMergeField:
     """An admin-defined query (``name`` is its label in errors and the admin UI)."""
 
@@ -78,11 +90,11 @@ class SqlMergeField:
 
     @property
     def params(self) -> tuple[str, ...]:
-        return check_query(self.sql)[1]
+        return check_query(self.sql).params
 
 
-def check_query(sql: str) -> tuple[str, tuple[str, ...]]:
-    """The query as SQLAlchemy ``text()`` wants it, and its bind parameter names.
+def check_query(sql: str) -> CheckedQuery:
+    """The query as SQLAlchemy ``text()`` wants it, with its bind parameters and aliases.
 
     Raises ``UnsafeQuery`` for anything but one SELECT. Comments are dropped; colons inside
     string literals and quoted names are escaped so they are not taken for parameters.
@@ -103,7 +115,9 @@ def check_query(sql: str) -> tuple[str, tuple[str, ...]]:
     params = tuple(dict.fromkeys(value[1:] for kind, value in code if kind == "param"))
     rebuilt = "".join(" " if kind == "comment" else value.replace(":", r"\:")
                       if kind in ("string", "quoted") else value for kind, value in tokens)
-    return rebuilt.strip().rstrip(";").strip(), params
+    aliases = {value.lower(): value for (_, before), (kind, value) in pairwise(code)
+               if before.upper() == "AS" and kind == "word"}
+    return CheckedQuery(rebuilt.strip().rstrip(";").strip(), params, aliases)
 
 
 def _check_tokens(code: list[tuple[str | None, str]]) -> None:
@@ -178,19 +192,20 @@ def _sqlite_authorize(action: int, *_args: Any) -> int:
 def run_sql_field(engine: Engine, field: SqlMergeField,
                   context: Mapping[str, Any]) -> dict[str, str]:
     """Run ``field`` with binds from ``context``; its first row as ``{ALIAS: text}``."""
-    sql, params = check_query(field.sql)
-    missing = [p for p in params if p not in context]
+    query = check_query(field.sql)
+    missing = [p for p in query.params if p not in context]
     if missing:
         raise SqlFieldError(f"{field.name}: no merge field for parameter(s) "
                             f"{', '.join(':' + p for p in missing)}")
     started = time.monotonic()
     try:
         with read_only(engine, field.timeout) as conn:
-            result = conn.execute(text(sql), {p: context[p] for p in params})
+            result = conn.execute(text(query.sql), {p: context[p] for p in query.params})
             columns, row = list(result.keys()), result.fetchone()
             result.close()
     except DBAPIError as exc:
         raise _db_error(field, exc, time.monotonic() - started) from None
+    columns = [query.aliases.get(col, col) if col.islower() else col for col in columns]
     _check_columns(field, columns)
     if row is None:
         raise NoRows(f"{field.name}: the query returned no row, so {', '.join(columns)} "

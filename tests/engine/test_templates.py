@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -32,6 +38,7 @@ from engine.sqlfields import (
     run_sql_field,
     sql_engine,
 )
+from engine.store.database import make_engine
 from engine.templates import (
     InvalidTemplate,
     MissingField,
@@ -398,3 +405,70 @@ def test_slow_query_hits_the_time_limit(crm) -> None:
     assert time.monotonic() - started < 2
     fast = SqlMergeField("fast", "SELECT name AS NAME FROM customers WHERE email = :E")
     assert run_sql_field(crm, fast, {"E": "cy@other.test"}) == {"NAME": "Cy"}  # pool reusable
+
+
+# --- SQL merge fields on PostgreSQL (a throwaway cluster; skipped where PostgreSQL is absent) -----
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """``POSTDESK_TEST_POSTGRES`` if set, else a cluster of Debian's server binaries."""
+    if os.environ.get("POSTDESK_TEST_POSTGRES"):
+        yield os.environ["POSTDESK_TEST_POSTGRES"]
+        return
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="pg-templates-"))  # chowned: not under tmp_path
+    root.chmod(0o755)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
+                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off", "start"],
+                   check=True, capture_output=True, timeout=60)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sql_fields_on_postgresql_are_read_only_and_time_limited(postgres: str) -> None:
+    writer = make_engine(postgres)
+    with writer.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS customers")
+        conn.exec_driver_sql("CREATE TABLE customers (email text, plan text)")
+        conn.exec_driver_sql("INSERT INTO customers VALUES ('ann@customer.test', 'gold')")
+    engine = sql_engine(postgres)
+    try:
+        field = SqlMergeField("plan", "SELECT plan AS PlanName, plan::text AS \"PLAN_Q\" "
+                                      "FROM customers WHERE email = :INB_FROM")
+        assert run_sql_field(engine, field, full_context()) == {"PlanName": "gold",
+                                                                 "PLAN_Q": "gold"}
+        with read_only(engine) as conn, pytest.raises(DBAPIError, match="read-only"):
+            conn.exec_driver_sql("DELETE FROM customers")
+        slow = SqlMergeField("slow", "SELECT pg_sleep(5)::text AS S", timeout=0.2)
+        with pytest.raises(QueryTimeout):
+            run_sql_field(engine, slow, {})
+        with pytest.raises(UnsafeQuery):
+            run_sql_field(engine, SqlMergeField("evil", "SELECT 1 AS X; DROP TABLE customers"),
+                          {})
+        with writer.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM customers").scalar() == 1
+    finally:
+        engine.dispose()
+        writer.dispose()
