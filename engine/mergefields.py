@@ -20,6 +20,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from engine.config import AccountSettings
+from engine.tags import strip_markers
 
 FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 Stamp = Callable[[datetime | None], str]
@@ -156,8 +157,6 @@ class InboundFields:
     @classmethod
     def from_parsed(cls, parsed: Any, received_at: datetime) -> InboundFields:
         """From an ``engine.mime.ParsedMessage`` (subject markers stripped)."""
-        from engine.tags import strip_markers
-
         sender = parsed.from_
         return cls(strip_markers(parsed.subject), sender.addr if sender else "",
                    sender.name if sender else "", tuple(a.addr for a in parsed.to),
