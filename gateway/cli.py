@@ -21,6 +21,7 @@ from engine.store import database
 from engine.store.models import Account, Attachment, Message, MessageAccount, User
 from engine.tags import generate_secret
 from engine.users import create_user, generate_password
+from gateway.imap_cli import import_, poll, status
 from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
 
@@ -296,6 +297,9 @@ def user_list(ctx: click.Context, as_json: bool) -> None:
 
 
 main.add_command(rules_cmd)
+main.add_command(poll)
+main.add_command(status)
+main.add_command(import_)
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,9 @@
 
 The listening sockets are bound once, up front (a taken port fails before anything runs);
 then one or more worker processes (``gateway.workers``) each run the SMTP and LMTP listeners
-on one asyncio loop with their own intake writer thread; worker 0 also serves /healthz. On
-SIGTERM/SIGINT the listeners stop accepting, in-flight transactions finish (their 250s are
-sent), pending commits drain, and the process exits.
+on one asyncio loop with their own intake writer; worker 0 also serves /healthz and polls the
+IMAP mailboxes (``gateway.imap``). On SIGTERM/SIGINT the listeners stop accepting, in-flight
+transactions finish (their 250s are sent), pending commits drain, and the process exits.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from engine.config import Settings, parse_listen, tag_keys
 from engine.decisions import RuleFiles
 from engine.intake import Intake
 from engine.store.database import make_engine
+from gateway.imap import PollerSet
 from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_context
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class Gateway:
                              rules=rules)
         self.servers: dict[str, asyncio.Server] = {}
         self.handlers: list[IntakeHandler] = []
+        # IMAP mailboxes are polled by one process only (worker 0 when pre-forking)
+        self.pollers = PollerSet.from_settings(settings, directory, self.intake) \
+            if worker == 0 else PollerSet([], self.intake)
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -71,6 +75,7 @@ class Gateway:
         if "http" in self.sockets:
             self.servers["http"] = await asyncio.start_server(self._http,
                                                               sock=self.sockets["http"])
+        await self.pollers.start()
         log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
 
     async def stop(self) -> None:
@@ -85,6 +90,7 @@ class Gateway:
             log.warning("stopping with %d transactions unfinished (no 250 was given)", open_)
         for handler in self.handlers:
             handler.close_connections()
+        await self.pollers.stop()
         await self.intake.stop()
         self.engine.dispose()
 
@@ -114,6 +120,7 @@ class Gateway:
             "listeners": sorted(self.servers),
             "gateway": stats,
             "rules": rules or {},
+            "imap": self.pollers.health(),
         }
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
