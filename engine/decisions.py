@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 
 from engine.facts import message_facts
-from engine.mime import ParsedMessage
+from engine.mime import ParsedMessage, parse_message
 from engine.procedures import ProcedureRunner
 from engine.store.models import Message, TagValue
 from engine.store.prepared import select_rows
@@ -35,6 +35,11 @@ _TAGGED = select(_M.c.message_id_header, _M.c.tag_reference).where(
     _M.c.tag_reference.isnot(None))
 _THREAD_STATE = (select(_M.c.state).where(_M.c.thread_id == bindparam("tid"))
                  .order_by(_M.c.id.desc()).limit(1))
+_STORED = select(_M.c.raw, _M.c.size, _M.c.received_at, _M.c.account_id, _M.c.thread_id).where(
+    _M.c.id == bindparam("pk"))
+_EARLIER = (select(_M.c.state).where(_M.c.thread_id == bindparam("tid"),
+                                     _M.c.id < bindparam("pk"))
+            .order_by(_M.c.id.desc()).limit(1))
 
 
 @dataclass
@@ -85,6 +90,28 @@ class RulesContext:
         decision = evaluate(self.ruleset, facts, names[0] if names else None, self.procedures)
         decision.fields = fields
         return decision
+
+
+def redecide(context: RulesContext, conn: Connection, message_pk: int) -> Decision | None:
+    """Decide a stored message again, with the facts as they were when it arrived: its
+    tag, whether its thread was already known and that thread's state then (``rules
+    backtest``, ``rules explain --stored``). None when there is no such message."""
+    row = conn.execute(_STORED, {"pk": message_pk}).first()  # typed: dates as datetimes
+    if row is None:
+        return None
+    raw, size, received_at, account_id, thread_id = row
+    parsed = parse_message(raw, received_at)
+    before = conn.execute(_EARLIER, {"tid": thread_id, "pk": message_pk}).all() \
+        if thread_id is not None else []
+    names = [context.account_names.get(account_id, str(account_id))]
+    fields = extract_fields(context.ruleset, parsed.subject, parsed.text)
+    facts = message_facts(parsed, size=size, received_at=received_at, accounts=names,
+                          thread_known=bool(before), fields=fields,
+                          tags=context.read_tag(conn, parsed),
+                          lazy={"thread.state": lambda: before[0][0] if before else None})
+    decision = evaluate(context.ruleset, facts, names[0], context.procedures)
+    decision.fields = fields
+    return decision
 
 
 def custom_tag_values(ruleset: RuleSet, account: str, facts: Mapping[str, Any],

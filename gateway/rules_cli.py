@@ -10,13 +10,14 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
-from engine.config import ConfigError, Settings, load_settings
+from engine.config import ConfigError, Settings, load_settings, tag_keys
+from engine.decisions import RulesContext, redecide
 from engine.facts import message_facts
 from engine.mime import parse_message
 from engine.procedures import ProcedureRunner
 from engine.store import database
-from engine.store.models import RuleStat
-from rules.evaluate import evaluate
+from engine.store.models import Account, Message, RuleStat
+from rules.evaluate import Decision, evaluate
 from rules.explain import explain
 from rules.parsers import extract_fields
 from rules.schema import RuleErrors, RuleSet, load_rules
@@ -64,27 +65,44 @@ def check(ctx: click.Context, files: tuple[str, ...]) -> None:
 
 
 @rules.command("explain")
-@click.argument("message", type=click.Path(exists=True, dir_okay=False))
+@click.argument("message", type=click.Path(exists=True, dir_okay=False), required=False)
+@click.option("--stored", type=int, help="Explain the stored message with this id instead, "
+              "with its tag and thread as when it arrived.")
 @click.option("--account", help="Account whose rules apply (default: all rules).")
 @click.option("--rules-file", "files", multiple=True, help="Rule file(s) to use instead.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def explain_cmd(ctx: click.Context, message: str, account: str | None,
-                files: tuple[str, ...], as_json: bool) -> None:
+def explain_cmd(ctx: click.Context, message: str | None, stored: int | None,
+                account: str | None, files: tuple[str, ...], as_json: bool) -> None:
     """Show every rule and condition the MESSAGE (.eml) meets, and the final decision."""
-    ruleset = _load(files, _settings(ctx))
-    raw = Path(message).read_bytes()
-    now = datetime.now(UTC)
-    parsed = parse_message(raw, now)
-    fields = extract_fields(ruleset, parsed.subject, parsed.text)
-    facts = message_facts(parsed, size=len(raw), received_at=now,
-                          accounts=[account] if account else [], fields=fields)
-    decision = evaluate(ruleset, facts, account, ProcedureRunner(ruleset.procedure_timeout_ms))
-    decision.fields = fields
+    settings = _settings(ctx)
+    ruleset = _load(files, settings)
+    runner = ProcedureRunner(ruleset.procedure_timeout_ms)
+    if (message is None) == (stored is None):
+        raise click.UsageError("give a MESSAGE file or --stored ID")
+    if stored is not None:
+        decision = _stored_decisions(settings, ruleset, runner, [stored])[0][1]
+        if decision is None:
+            raise click.ClickException(f"no stored message {stored}")
+    else:
+        decision = _eml_decision(ruleset, runner, Path(str(message)).read_bytes(), account,
+                                 datetime.now(UTC))
     if as_json:
-        click.echo(json.dumps(decision.to_json(), indent=2, default=str))
+        click.echo(json.dumps(decision.to_json(full=True), indent=2, default=str))
     else:
         click.echo(explain(decision))
+
+
+def _stored_decisions(settings: Settings | None, ruleset: RuleSet, runner: ProcedureRunner,
+                      pks: list[int]) -> list[tuple[int, Decision | None]]:
+    """``ruleset``'s decision for stored messages, facts as when each arrived."""
+    if settings is None:
+        raise click.ClickException("no valid configuration (needed to read stored messages)")
+    engine = database.make_engine(settings.database_url)
+    with engine.connect() as conn:
+        names = dict(conn.execute(select(Account.id, Account.name)).all())
+        context = RulesContext(ruleset, names, runner, tag_keys(settings))
+        return [(pk, redecide(context, conn, pk)) for pk in pks]
 
 
 @rules.command("stats")
@@ -123,52 +141,64 @@ def backtest(ctx: click.Context, files: tuple[str, ...], since: datetime | None,
     """Run rule FILES over past mail without acting; print what would change."""
     settings = _settings(ctx)
     ruleset = _load(files, settings)
+    runner = ProcedureRunner(ruleset.procedure_timeout_ms)
     if eml_dir:
         now = datetime.now(UTC)
-        samples = [(p.name, p.read_bytes(), account, None, now) for p in
-                   sorted(Path(eml_dir).glob("*.eml"))[:limit]]
+        files_ = sorted(Path(eml_dir).glob("*.eml"))[:limit]
+        after = [(p.name, _eml_decision(ruleset, runner, p.read_bytes(), account, now))
+                 for p in files_]
+        before: dict[str, dict | None] = {}
     else:
-        samples = _stored_samples(settings, since, limit)
-    runner = ProcedureRunner(ruleset.procedure_timeout_ms)
-    changes = [change for sample in samples
-               if (change := _compare(ruleset, runner, *sample)) is not None]
+        stored = _stored_rows(settings, since, limit)
+        before = {str(pk): decision for pk, decision in stored}
+        after = [(str(pk), d) for pk, d in _stored_decisions(
+            settings, ruleset, runner, [pk for pk, _ in stored])]
+    changes = [change for name, decision in after
+               if (change := _compare(name, before.get(name), decision)) is not None]
     if as_json:
-        click.echo(json.dumps({"evaluated": len(samples), "changed": changes}, indent=2))
+        click.echo(json.dumps({"evaluated": len(after), "changed": changes}, indent=2))
         return
     for change in changes:
         diffs = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in change["diff"].items())
         click.echo(f"{change['message']}: {diffs}")
-    click.echo(f"postdesk: {len(changes)} of {len(samples)} messages would change")
+    click.echo(f"postdesk: {len(changes)} of {len(after)} messages would change")
 
 
-def _stored_samples(settings: Settings | None, since: datetime | None,
-                    limit: int) -> list[tuple[str, bytes, str | None, dict | None, datetime]]:
+def _stored_rows(settings: Settings | None, since: datetime | None,
+                 limit: int) -> list[tuple[int, dict | None]]:
+    """Ids and stored decisions of inbound messages, oldest first."""
     if settings is None:
         raise click.ClickException("no valid configuration (needed to read stored messages)")
-    from engine.store.models import Account, Message
-
     engine = database.make_engine(settings.database_url)
-    query = (select(Message.id, Message.raw, Account.name, Message.decision, Message.received_at)
-             .join(Account, Account.id == Message.account_id).order_by(Message.id).limit(limit))
+    query = (select(Message.id, Message.decision).where(Message.direction == "inbound")
+             .order_by(Message.id).limit(limit))
     if since is not None:
         query = query.where(Message.received_at >= since.replace(tzinfo=UTC))
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    return [(str(r.id), r.raw, r.name, r.decision, r.received_at) for r in rows]
+        return [(r.id, r.decision) for r in conn.execute(query).all()]
 
 
-OUTCOME_KEYS = ("classification", "state", "route", "actions", "documents", "reject")
-
-
-def _compare(ruleset: RuleSet, runner: ProcedureRunner, name: str, raw: bytes,
-             account: str | None, before: dict | None, received_at: datetime) -> dict | None:
-    """What ``ruleset`` decides for one message, against what was decided (None: nothing)."""
+def _eml_decision(ruleset: RuleSet, runner: ProcedureRunner, raw: bytes, account: str | None,
+                  received_at: datetime) -> Decision:
     parsed = parse_message(raw, received_at)
     fields = extract_fields(ruleset, parsed.subject, parsed.text)
     facts = message_facts(parsed, size=len(raw), received_at=received_at,
                           accounts=[account] if account else [], fields=fields)
-    after = evaluate(ruleset, facts, account, runner).to_json()
-    old = before or {"classification": None, "state": "queued", "route": None, "actions": [],
-                     "documents": [], "reject": None}
+    decision = evaluate(ruleset, facts, account, runner)
+    decision.fields = fields
+    return decision
+
+
+OUTCOME_KEYS = ("classification", "state", "route", "actions", "documents", "reject")
+NO_DECISION = {"classification": None, "state": "queued", "route": None, "actions": [],
+               "documents": [], "reject": None}
+
+
+def _compare(name: str, before: dict | None, decision: Decision | None) -> dict | None:
+    """What the new rules decide for one message, against what was decided (None: same)."""
+    if decision is None:
+        return None
+    after = decision.to_json()
+    old = before or NO_DECISION
     diff = {k: (old.get(k), after.get(k)) for k in OUTCOME_KEYS if old.get(k) != after.get(k)}
     return {"message": name, "diff": diff} if diff else None

@@ -264,6 +264,16 @@ def test_reply_that_lost_the_marker_finds_the_tag_through_in_reply_to(ruled: Ins
     deliver(ruled, reply)
     msg = stored(ruled, "<r-lost@c>")
     assert msg.route_agent == "bob" and msg.thread_id == first.thread_id
+    # replayed later, the reply still has its tag and known thread: same route, full trace
+    explained = ruled.cli_json("rules", "explain", "--stored", str(msg.id))
+    assert explained["route"] == {"agent": "bob"}
+    assert any(t["rule"] == "to-their-agent" and t["matched"] for t in explained["trace"])
+    assert len(explained["trace"]) > len(msg.decision["trace"])  # stored: matched rules only
+    assert {t["rule"] for t in msg.decision["trace"]} <= {
+        t["rule"] for t in explained["trace"] if t["matched"]}
+    report = ruled.cli_json("rules", "backtest", str(ruled.dir / "rules.yaml"))
+    assert str(msg.id) not in {c["message"] for c in report["changed"]}
+    assert str(first.id) not in {c["message"] for c in report["changed"]}
 
 
 def test_serve_refuses_to_start_on_invalid_rules(instance: Instance) -> None:
