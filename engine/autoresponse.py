@@ -34,6 +34,9 @@ a bounce before "null sender" (a bounce has both).
 ``noreply-sender``       the address a response would go to (every Reply-To, else From) has a
                          no-reply local part, see ``is_noreply_address``.
 
+Own addresses are compared whole and without regard to case (``support+x@`` is not
+``support@``): pass every address of every account, so two accounts never answer each other.
+
 The envelope sender may be unknown (IMAP polling): pass None and the ``Return-Path`` header the
 delivering MTA added is used instead; without one the null-sender test is skipped. Pass ""
 or "<>" only when the envelope sender really was null.
@@ -315,7 +318,9 @@ def _bare(address: str) -> str:
 
 
 def _addresses(text: str) -> set[str]:
-    return {match.group(0).lower() for match in _ADDRESS.finditer(text)}
+    """Address-like words (split first: a regex over a long run would be quadratic)."""
+    words = (word for word in text.split() if "@" in word)
+    return {m.group(0).lower() for word in words if (m := _ADDRESS.search(word[:400]))}
 
 
 def _senders(parsed: ParsedMessage, sender: str | None) -> set[str]:
@@ -367,4 +372,4 @@ def _is_oof(parsed: ParsedMessage, headers: _Headers) -> bool:
             or any(_keyword(v) not in ("", "no") for v in headers.get("auto-submitted", []))):
         return True  # Exchange's own auto-replies and rule replies carry these together
     subject = unicodedata.normalize("NFC", parsed.subject or "")
-    return bool(_OOF_SUBJECT.search(subject) or _OOF_SENTENCE.search(subject))
+    return bool(_OOF_SUBJECT.match(subject) or _OOF_SENTENCE.search(subject))

@@ -225,9 +225,10 @@ _BASIC = re.compile(r"(?<![\d.\-])([45][0-5]\d)[ -](?=\S)")
 _FIELD = re.compile(r"([A-Za-z0-9][A-Za-z0-9\-]*)[ \t]*:[ \t]*(.*)")
 _SPACE = re.compile(r"\s+")
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
-_ANGLE_LINE = re.compile(r"^[ \t]*<([^<>\s]+@[^<>\s]+)>:?[ \t]*(.*)$", re.MULTILINE)
+# Matched one line at a time, lines of at most _MAX_WORD characters (bounded backtracking).
+_ANGLE_LINE = re.compile(r"[ \t]*<([^<>\s@]+@[^<>\s@]+)>:?[ \t]*(.*)")
 _ADDRESS_LINE = re.compile(
-    r"^[ \t]*(?:[^\n<>@]*<)?([^<>\s@:]+@[^<>\s:]+?)>?[ \t]*(?:\(.*\))?[ \t]*$", re.MULTILINE)
+    r"[ \t]*(?:[^<>@]*<)?([^<>\s@:()]+@[^<>\s@:()]+)>?[ \t]*(?:\([^()]*\))?[ \t]*")
 _FAILED_INTRO = re.compile(
     r"(?:following (?:address(?:\(es\)|es)?|recipients?)(?: or groups)?"
     r"(?: had permanent fatal errors| failed(?: permanently)?)?|"
@@ -272,7 +273,8 @@ _DELAY = re.compile(
 _GIVE_UP = re.compile(
     r"giving up|given up|in the queue too long|not going to try again|failed permanently"
     r"|permanent (?:error|failure|fatal)|retry timeout exceeded", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]*>")
+_TAG = re.compile(r"<[^<>]*>")
+_MAX_WORD = 400  # longer "addresses" are junk; the cap keeps the address regexes linear
 
 
 def parse_bounce(raw: bytes) -> Bounce | None:
@@ -443,8 +445,10 @@ def _x_failed(msg: Message) -> dict[str, str]:
 def _angle_blocks(text: str) -> dict[str, str]:
     """qmail and Postfix: ``<a@b>:`` then the diagnostic, up to the next blank line."""
     found: dict[str, str] = {}
-    for match in _ANGLE_LINE.finditer(text):
-        found.setdefault(match.group(1).lower(), _paragraph(match.group(2), text, match.end()))
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if len(line) <= _MAX_WORD and (match := _ANGLE_LINE.match(line)):
+            found.setdefault(match.group(1).lower(), _paragraph(match.group(2), lines[number + 1:]))
     return found
 
 
@@ -454,8 +458,10 @@ def _after_intro(text: str) -> dict[str, str]:
     if intro is None:
         return {}
     found: dict[str, str] = {}
-    for match in _ADDRESS_LINE.finditer(text, intro.end()):
-        found.setdefault(match.group(1).lower(), _paragraph("", text, match.end()))
+    lines = text[intro.end():].splitlines()
+    for number, line in enumerate(lines):
+        if len(line) <= _MAX_WORD and (match := _ADDRESS_LINE.fullmatch(line)):
+            found.setdefault(match.group(1).lower(), _paragraph("", lines[number + 1:]))
     return found
 
 
@@ -465,29 +471,27 @@ def _loose(msg: Message, text: str) -> dict[str, str]:
         [str(v) for name in ("From", "To", "Cc", "Return-Path", "Delivered-To", "Sender")
          for v in msg.get_all(name) or []])}
     found: dict[str, str] = {}
-    for match in _ADDRESS.finditer(text):
-        address = match.group(0).lower().rstrip(".")
-        local = address.rpartition("@")[0].replace("-", "")
-        if address in own or local in ("mailerdaemon", "postmaster"):
-            continue
-        found.setdefault(address, _line_at(text, match.start()))
+    for line in text.splitlines():
+        for word in line.split():  # words first: a regex over a long run would be quadratic
+            match = _ADDRESS.search(word[:_MAX_WORD]) if "@" in word else None
+            if match is None:
+                continue
+            address = match.group(0).lower().rstrip(".")
+            local = address.rpartition("@")[0].replace("-", "")
+            if address not in own and local not in ("mailerdaemon", "postmaster"):
+                found.setdefault(address, _SPACE.sub(" ", line).strip()[:1000])
     return found
 
 
-def _paragraph(head: str, text: str, start: int) -> str:
-    """``head`` plus the lines after ``start`` up to a blank line or an address line."""
+def _paragraph(head: str, following: list[str]) -> str:
+    """``head`` plus the ``following`` lines up to a blank line or an address line."""
     lines = [head]
-    for line in text[start:].lstrip("\r\n").splitlines():
-        if not line.strip() or _ANGLE_LINE.match(line) or _ADDRESS_LINE.fullmatch(line):
+    for line in following[:20]:
+        if not line.strip() or (len(line) <= _MAX_WORD and (
+                _ANGLE_LINE.match(line) or _ADDRESS_LINE.fullmatch(line))):
             break
         lines.append(line)
-    return _SPACE.sub(" ", " ".join(lines)).strip()
-
-
-def _line_at(text: str, index: int) -> str:
-    start = text.rfind("\n", 0, index) + 1
-    end = text.find("\n", index)
-    return _SPACE.sub(" ", text[start:end if end >= 0 else len(text)]).strip()
+    return _SPACE.sub(" ", " ".join(lines)).strip()[:1000]
 
 
 def _basic_status(text: str) -> str | None:

@@ -267,6 +267,11 @@ def test_missing_fields_are_inferred() -> None:
     b"Content-Type: text/plain; charset=nope\n\n\xff",
     RAW_DSN.replace(b"--b--", b""),
     RAW_DSN[:300],
+    # long runs that made naive address regexes quadratic (minutes instead of milliseconds)
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b"a" * 200_000,
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n<" + b"@" * 200_000,
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\nContent-Type: text/html\n\n"
+    + b"<" * 200_000,
 ])
 def test_malformed_input_never_raises(raw: bytes) -> None:
     result = parse_bounce(raw)
