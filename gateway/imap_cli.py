@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,12 @@ def poll(ctx: click.Context, accounts: tuple[str, ...], once: bool) -> None:
 async def _poll(settings: Settings, directory: AccountDirectory, accounts: tuple[str, ...],
                 once: bool) -> int:
     intake = _intake(settings, directory, rules=True)
-    await intake.start()
+    stopping = asyncio.Event()
+    await _start(intake, stopping.set)
     pollers = PollerSet.from_settings(settings, directory, intake, accounts)
     try:
         if once:
             return 0 if await pollers.run_once() else 1
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
         await pollers.start()
         await stopping.wait()
         await pollers.stop()
@@ -180,11 +179,21 @@ def import_(ctx: click.Context, source: Path, account: str, kind: str, no_rules:
     sys.exit(1 if error else 130 if state.interrupted else 0)
 
 
-async def _import(importer: Importer, mail: Any, state: ImportState) -> str | None:
+async def _start(intake: Intake, stop: Callable[[], None]) -> None:
+    """Start the intake with SIGINT ignored, so its writer process inherits that: Ctrl-C
+    reaches the whole process group, and only we should decide when the writer stops."""
     loop = asyncio.get_running_loop()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        await intake.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, importer.stopping.set)
-    await importer.intake.start()
+        loop.add_signal_handler(sig, stop)
+
+
+async def _import(importer: Importer, mail: Any, state: ImportState) -> str | None:
+    await _start(importer.intake, importer.stopping.set)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                _Rate(), TextColumn("ETA"), TimeRemainingColumn())
     try:
@@ -204,8 +213,11 @@ def _summary(state: ImportState, seconds: float, error: str | None, as_json: boo
         click.echo(json.dumps({**state.__dict__, "seconds": round(seconds, 2),
                                "error": error}, indent=2))
         return
-    if state.resumed_from:
-        click.echo(f"postdesk: resumed at message {state.resumed_from + 1} of {state.total}")
+    if state.resumed_from >= state.total:
+        click.echo(f"postdesk: all {state.total} messages were read by an earlier run; "
+                   "nothing new (--restart reads them all again)")
+    elif state.resumed_from:
+        click.echo(f"postdesk: resumed after message {state.resumed_from} of {state.total}")
     click.echo(f"postdesk: imported {state.imported}, duplicate {state.duplicate}, "
                f"failed {state.failed} ({state.done}/{state.total} read, {seconds:.1f} s)")
     for failure in state.failures[:50]:

@@ -9,6 +9,7 @@ user name logs in with ``PASSWORD`` and gets a fresh mailbox, so each test takes
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import itertools
 import os
@@ -70,7 +71,10 @@ class Dovecot:
             time.sleep(0.02)
 
     def close(self) -> None:
-        self.stop()
+        """Throw the server away (a graceful stop takes 1–2 s; nothing here needs one)."""
+        if (self.dir / "run" / "master.pid").exists():
+            with contextlib.suppress(ProcessLookupError):
+                self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def new_user(self) -> str:

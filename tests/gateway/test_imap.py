@@ -8,7 +8,6 @@ this process over the real intake (writer thread, SQLite). Process-level behavio
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -225,15 +224,16 @@ async def test_server_killed_mid_batch_and_new_uidvalidity_lose_and_duplicate_no
         maildir = server.dir / "mail" / user / "Maildir"
         for index in [maildir / "dovecot-uidlist", *maildir.glob("dovecot.index*")]:
             index.unlink(missing_ok=True)  # the mailbox is rebuilt: a new UIDVALIDITY
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.3)  # down for a moment: the poller backs off and retries
         await loop.run_in_executor(None, server.start)
         await wait_until(lambda: server.count(user, "INBOX") == 0, 60)
         poller.stop()
         await asyncio.wait_for(task, 15)
         ids = stored_ids(engine)
         assert len(ids) == 600 and set(ids.values()) == {1}
-        assert sorted(server.message_ids(user, "Processed")) == sorted(ids)
+        # a server killed inside UID MOVE may have copied a batch without expunging it from
+        # the INBOX: that batch is moved again (stored once), so Processed may hold it twice
+        assert set(server.message_ids(user, "Processed")) == set(ids)
         assert poller.health.reconnects >= 1 and poller.health.uidvalidity_changes == 1
     finally:
         server.close()
-        shutil.rmtree(server.dir, ignore_errors=True)
