@@ -222,6 +222,21 @@ def _default_drivers() -> dict[str, Any]:
     return {"smtp": SmtpInlineDriver(type="smtp-inline"), "lmtp": LmtpDriver(type="lmtp")}
 
 
+class OutboxSettings(Strict):
+    """How the outbox sends (``engine.outbox``) and how much automatic mail it allows."""
+
+    templates: Path = Path("templates")  # directory of auto-acknowledge/reply templates
+    retry_base_seconds: float = Field(30, gt=0)  # first retry; doubles, with jitter
+    retry_max_seconds: float = Field(3600, gt=0)
+    give_up_after_hours: float = Field(48, gt=0)  # a transient failure older than this fails
+    poll_seconds: float = Field(1.0, gt=0)
+    batch: int = Field(20, ge=1)
+    auto_per_sender: int = Field(1, ge=0)  # automatic mails per sender and account...
+    auto_window_hours: float = Field(24, gt=0)  # ...in this window (0 per sender: none)
+    breaker_per_minute: int = Field(300, ge=1)  # automatic mails a minute that trip it
+    bounce_local: str = Field("bounces", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 class Settings(Strict):
     """The whole ``postdesk.yaml``; ``instance_dir`` and ``source`` are filled by the loader."""
 
@@ -232,6 +247,7 @@ class Settings(Strict):
     drivers: dict[str, Driver] = Field(default_factory=_default_drivers)
     accounts: list[AccountSettings] = []
     tags: TagSettings | None = None
+    outbox: OutboxSettings = OutboxSettings()
     source: str = "<defaults>"
 
     @property
@@ -245,6 +261,16 @@ class Settings(Strict):
 
     def address_map(self) -> dict[str, AccountSettings]:
         return {addr: acc for acc in self.accounts for addr in acc.all_addresses()}
+
+    def account(self, name: str) -> AccountSettings | None:
+        return next((a for a in self.accounts if a.name == name), None)
+
+    def relay_for(self, account: AccountSettings) -> OutboundRelayDriver | None:
+        """The outbound relay the account sends through (its own, else the only one)."""
+        if account.outbound is not None:
+            return self.effective_driver(account.outbound)  # type: ignore[no-any-return]
+        relays = [d for d in self.drivers.values() if d.type == "outbound-relay"]
+        return relays[0] if len(relays) == 1 else None  # type: ignore[return-value]
 
     def effective_driver(self, use: str | DriverUse) -> Any:
         """The driver named by an account, with the account's overrides applied."""
@@ -434,6 +460,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     update: dict[str, Any] = {
         "instance_dir": absolute(settings.instance_dir),
         "rules": [absolute(p) for p in settings.rules],
+        "outbox": settings.outbox.model_copy(
+            update={"templates": absolute(settings.outbox.templates)}),
     }
     if settings.tags:
         keys = {kid: ref.model_copy(update={"file": absolute(ref.file)}) if ref.file else ref

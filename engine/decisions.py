@@ -51,6 +51,7 @@ class RulesContext:
     procedures: ProcedureRunner | None = None
     tag_keys: TagKeys | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"forged_tags": 0})
+    own_addresses: frozenset[str] = frozenset()  # never auto-answered (loops)
 
     def read_tag(self, conn: Connection, parsed: ParsedMessage) -> dict[str, str]:
         """Values of the newest genuine reference tag in the subject, else of the tag our
@@ -171,6 +172,7 @@ class RuleFiles:
     paths: list[str]
     account_names: dict[int, str]
     tag_keys: TagKeys | None = None
+    own_addresses: frozenset[str] = frozenset()
     error: str | None = None
     _context: RulesContext | None = None
     _stamp: tuple[Any, ...] = ()
@@ -194,7 +196,8 @@ class RuleFiles:
                 break
             time.sleep(0.05)
         if self._context is None:
-            self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys)
+            self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys,
+                                         own_addresses=self.own_addresses)
 
     def _reload(self, stamp: tuple[Any, ...]) -> None:
         from pathlib import Path
@@ -219,7 +222,7 @@ class RuleFiles:
         runner = ProcedureRunner(ruleset.procedure_timeout_ms)
         counters = self._context.counters if self._context else {"forged_tags": 0}
         self._context = RulesContext(ruleset, self.account_names, runner, self.tag_keys,
-                                     counters)
+                                     counters, self.own_addresses)
         log.info("rules version %s loaded (%d rules)", ruleset.version, len(ruleset.rules))
 
 

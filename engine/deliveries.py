@@ -19,7 +19,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.decisions import RulesContext, decision_columns
 from engine.mime import ParsedMessage, parse_message
-from engine.store.models import Attachment, Blob, History, Message, MessageAccount, RuleStat
+from engine.outbox import Planned, plan_automatic
+from engine.store.models import (
+    Attachment,
+    Blob,
+    History,
+    Message,
+    MessageAccount,
+    Outbox,
+    RuleStat,
+)
 from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
 from rules.evaluate import Decision
@@ -92,6 +101,7 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
     rows: list[dict[str, Any]] = []
     slots: list[Any] = []
     decisions: list[Decision | None] = []
+    planned: list[Planned] = []  # automatic actions, per new message
     plan: list[tuple[str, Any]] = []  # (known, key) | (new, row index) | (again, index) | ...
     for key, d in zip(keys, deliveries, strict=True):
         if key in known or key in fresh:  # a redelivery, maybe within this very batch
@@ -106,11 +116,19 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
         slot, reason = threads.resolve(d.parsed, d.envelope.received_at, tag_thread)
         fresh[key] = len(rows)
         plan.append(("new", len(rows)))
-        rows.append(message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
-                    | {"thread_reason": reason}
-                    | decision_columns(decision, d.envelope.received_at))
+        automatic = plan_automatic(
+            decision, d.parsed, d.envelope.mail_from,
+            rules.own_addresses if rules is not None else (), message_pk=0,
+            account_id=d.envelope.recipients[0][0], thread_id=None,
+            now=d.envelope.received_at)
+        row = (message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
+               | {"thread_reason": reason} | decision_columns(decision, d.envelope.received_at))
+        if automatic.state is not None:
+            row["state"] = automatic.state
+        rows.append(row)
         slots.append(slot)
         decisions.append(decision)
+        planned.append(automatic)
     thread_ids = threads.flush()
     for row, slot in zip(rows, slots, strict=True):
         row["thread_id"] = thread_ids[slot]
@@ -127,6 +145,14 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
     _history(conn, [(pk, row["thread_id"], d.envelope, action["type"], action)
                     for (pk, d, row), decision in zip(new, decisions, strict=True)
                     if decision is not None for action in decision.actions])
+    _history(conn, [(pk, row["thread_id"], d.envelope, action, detail)
+                    for (pk, d, row), automatic in zip(new, planned, strict=True)
+                    for action, detail in automatic.history])
+    outbox = [out | {"cause_message_id": pk, "thread_id": row["thread_id"]}
+              for (pk, _, row), automatic in zip(new, planned, strict=True)
+              for out in automatic.rows]
+    if outbox:
+        insert_many(conn, Outbox.__table__, outbox)
     hit = [name for decision in decisions if decision is not None
            for name in decision.matched_rules()]
     hit += [ref.rule for kind, ref in plan if kind == "rejected" and ref.rule]

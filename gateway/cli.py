@@ -22,6 +22,7 @@ from engine.store.models import Account, Attachment, Message, MessageAccount, Us
 from engine.tags import generate_secret
 from engine.users import create_user, generate_password
 from gateway.imap_cli import import_, poll, status
+from gateway.outbox_cli import outbox as outbox_cmd
 from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
 
@@ -300,6 +301,7 @@ main.add_command(rules_cmd)
 main.add_command(poll)
 main.add_command(status)
 main.add_command(import_)
+main.add_command(outbox_cmd)
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from engine.accounts import AccountDirectory, sync_accounts
 from engine.config import Settings, parse_listen, tag_keys
 from engine.decisions import RuleFiles
 from engine.intake import Intake
+from engine.outboxworker import OutboxWorker
 from engine.store.database import make_engine
 from gateway.imap import PollerSet
 from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_context
@@ -46,7 +47,7 @@ class Gateway:
         self.engine = _engine(settings)  # health checks; the intake writer has its own
         self.stats = GatewayStats()
         rules = RuleFiles([str(p) for p in settings.rules], directory.names,
-                          tag_keys(settings))
+                          tag_keys(settings), frozenset(directory.by_address))
         self.intake = Intake(settings.database_url, max_batch=settings.gateway.max_batch,
                              busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True,
                              rules=rules)
@@ -55,6 +56,10 @@ class Gateway:
         # IMAP mailboxes are polled by one process only (worker 0 when pre-forking)
         self.pollers = PollerSet.from_settings(settings, directory, self.intake) \
             if worker == 0 else PollerSet([], self.intake)
+        # one outbox worker per instance too (rows are claimed, so more would be safe)
+        self.outbox = OutboxWorker(settings, self.engine) if worker == 0 else None
+        self._outbox_stop = asyncio.Event()
+        self._outbox_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -76,6 +81,8 @@ class Gateway:
             self.servers["http"] = await asyncio.start_server(self._http,
                                                               sock=self.sockets["http"])
         await self.pollers.start()
+        if self.outbox is not None:
+            self._outbox_task = asyncio.create_task(self.outbox.run(self._outbox_stop))
         log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
 
     async def stop(self) -> None:
@@ -91,6 +98,9 @@ class Gateway:
         for handler in self.handlers:
             handler.close_connections()
         await self.pollers.stop()
+        if self._outbox_task is not None:
+            self._outbox_stop.set()
+            await self._outbox_task
         await self.intake.stop()
         self.engine.dispose()
 
@@ -121,6 +131,9 @@ class Gateway:
             "gateway": stats,
             "rules": rules or {},
             "imap": self.pollers.health(),
+            "outbox": self.outbox.health() if self.outbox is not None else {},
+            "alerts": [f"automatic sending paused: {self.outbox.stats.paused}"]
+            if self.outbox is not None and self.outbox.stats.paused else [],
         }
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -98,11 +98,12 @@ class Instance:
         ) + textwrap.dedent(extra))
         return self
 
-    def start(self, timeout: float = 30.0) -> Instance:
+    def start(self, timeout: float = 30.0, env: dict[str, str] | None = None) -> Instance:
         log = open(self.dir / "serve.log", "ab")  # noqa: SIM115 — closed with the process
         self.proc = subprocess.Popen(
             [*POSTDESK, "--config", str(self.config), "serve"], cwd=ROOT,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
         wait_port(self.smtp, timeout, self.proc)
         wait_port(self.lmtp, timeout, self.proc)

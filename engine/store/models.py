@@ -288,25 +288,62 @@ class OutboxState(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     HELD = "held"
+    SKIPPED = "skipped"  # loop, rate or suppression policy: recorded, never sent
 
 
 class Outbox(Base):
-    """Mail the system will send; rows are written in the transaction that caused them."""
+    """Mail the system will send; rows are written in the transaction that caused them.
+
+    A row is composed (``raw`` and ``message_id_header`` filled) once, before its first
+    attempt; every later attempt sends those same bytes, so a resend after a crash keeps
+    its Message-ID.
+    """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
+                      Index("ix_outbox_auto_rcpt", "account_id", "rcpt", "created_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cause_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    kind: Mapped[str] = mapped_column(String(30))
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"))
+    kind: Mapped[str] = mapped_column(String(30))  # auto-acknowledge, auto-reply, redirect...
+    rule: Mapped[str | None] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(String(200))
+    rcpt: Mapped[str] = mapped_column(String(320), default="")  # the one addressee, lower case
+    automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     state: Mapped[str] = mapped_column(String(20), default=OutboxState.PENDING.value)
     mail_from: Mapped[str] = mapped_column(String(998), default="")
     rcpt_to: Mapped[list[str]] = mapped_column(JSON, default=list)
-    message_id_header: Mapped[str] = mapped_column(String(998))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    message_id_header: Mapped[str | None] = mapped_column(String(998))
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(20))  # last SMTP / DSN status code
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    archived_message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+
+
+class Suppression(Base):
+    """Addresses automatic mail is not sent to (a permanent delivery failure); agents see
+    the mark and can clear it."""
+
+    __tablename__ = "suppressions"
+
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Switch(Base):
+    """Named on/off switches shared by every process (``outbox pause|resume``)."""
+
+    __tablename__ = "switches"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    on: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,420 @@
+"""The outbox worker: claims due rows, composes each once, sends it to the relay, records.
+
+Started by ``postdesk serve`` (one per instance) and alone by ``postdesk outbox``. Database
+work runs in a thread (sync SQLAlchemy); the SMTP conversation with the relay is aiosmtplib
+on the event loop. See ``engine.outbox`` for the row states and the resend policy.
+
+Transient failures (4xx, refused or dropped connection, timeout) retry with exponential
+backoff and jitter until ``outbox.give_up_after_hours``; a 5xx fails the row at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy import Engine, select, update
+
+from engine import compose
+from engine.autoresponse import loop_headers
+from engine.bounces import verp_address
+from engine.config import AccountSettings, Settings, tag_keys
+from engine.decisions import RulesContext, decision_columns, redecide
+from engine.deliveries import message_columns
+from engine.mergefields import AckInfo, InboundFields, TemplateError, merge_context
+from engine.mime import parse_message
+from engine.outbox import (
+    PAUSE,
+    automatic_rate,
+    automatic_sent_since,
+    backoff,
+    claim_due,
+    finish,
+    interrupted,
+    paused,
+    record,
+    set_paused,
+    suppressed,
+)
+from engine.procedures import ProcedureRunner
+from engine.store.database import writer
+from engine.store.models import Account, Message, MessageAccount, Outbox, OutboxState, TagValue
+from engine.tags import TagKeys, seal
+from engine.templates import Templates
+from rules.schema import RuleErrors, load_rules
+
+log = logging.getLogger(__name__)
+HOLD_AFTER_SEND = "POSTDESK_TEST_HOLD_AFTER_SEND"  # tests: crash between 250 and bookkeeping
+
+
+class Transient(Exception):
+    """Try again later (4xx, connection trouble)."""
+
+
+class Permanent(Exception):
+    """Do not try again (5xx, a template that cannot render)."""
+
+
+@dataclass
+class Job:
+    """One claimed row, with what sending it needs."""
+
+    pk: int
+    kind: str
+    automatic: bool
+    account: AccountSettings
+    account_id: int
+    rcpt: str
+    created_at: datetime
+    attempts: int
+    raw: bytes | None
+    mail_from: str
+    rcpt_to: list[str]
+    message_id: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OutboxStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    skipped: int = 0
+    last_error: str | None = None
+    paused: str | None = None
+
+
+class OutboxWorker:
+    """Sends the outbox; ``run`` until ``stopping`` is set."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        self.settings = settings
+        self.engine = engine
+        self.config = settings.outbox
+        self.templates = Templates(self.config.templates)
+        self.keys: TagKeys | None = tag_keys(settings)
+        self.stats = OutboxStats()
+        with engine.connect() as conn:
+            self.accounts = {row.id: row.name for row in conn.execute(
+                select(Account.id, Account.name))}
+
+    def health(self) -> dict[str, Any]:
+        return {"sent": self.stats.sent, "retried": self.stats.retried,
+                "failed": self.stats.failed, "skipped": self.stats.skipped,
+                "last_error": self.stats.last_error, "paused": self.stats.paused}
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await asyncio.to_thread(self._recover)
+        while not stopping.is_set():
+            try:
+                busy = await self.step()
+            except Exception:  # a database hiccup must not end the worker
+                log.exception("outbox round failed; retrying")
+                busy = 0
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.config.poll_seconds)
+
+    def _recover(self) -> None:
+        with writer(self.engine).begin() as conn:
+            ids = interrupted(conn)
+        if ids:
+            log.warning("outbox rows %s were interrupted mid-send: sending again with the "
+                        "same Message-ID", ids)
+
+    async def step(self) -> int:
+        """One round: claim due rows and handle each; returns how many were handled."""
+        jobs = await asyncio.to_thread(self._claim)
+        for job in jobs:
+            await self._handle(job)
+        return len(jobs)
+
+    def _claim(self) -> list[Job]:
+        now = datetime.now(UTC)
+        with writer(self.engine).begin() as conn:
+            self.stats.paused = paused(conn)
+            budget = self.config.batch
+            if self.stats.paused is None:  # the breaker: at most the ceiling a minute
+                rate = automatic_rate(conn, now - timedelta(minutes=1))
+                budget = min(budget, self.config.breaker_per_minute - rate)
+                if budget <= 0:
+                    reason = (f"breaker: {rate} automatic mails in the last minute "
+                              f"(ceiling {self.config.breaker_per_minute})")
+                    set_paused(conn, True, reason)
+                    log.error("automatic sending paused: %s; `postdesk outbox resume` "
+                              "restarts it", reason)
+                    self.stats.paused = reason
+            ids = claim_due(conn, now, budget if self.stats.paused is None
+                            else self.config.batch, self.stats.paused is None)
+            table = Outbox.__table__
+            rows = conn.execute(select(table).where(table.c.id.in_(ids))
+                                .order_by(table.c.id)).all() if ids else []
+            return [self._job(row) for row in rows]
+
+    def _job(self, row: Any) -> Job:
+        account = self.settings.account(self.accounts.get(row.account_id, ""))
+        if account is None:  # removed from the configuration since
+            account = AccountSettings(name=f"account-{row.account_id}",
+                                      addresses=["postmaster@localhost"])
+        return Job(row.id, row.kind, row.automatic, account, row.account_id, row.rcpt,
+                   row.created_at, row.attempts, row.raw, row.mail_from, list(row.rcpt_to),
+                   row.message_id_header, {"cause": row.cause_message_id,
+                                           "thread": row.thread_id, "rule": row.rule,
+                                           "template": row.template})
+
+    async def _handle(self, job: Job) -> None:
+        if job.kind == "redirect-account":
+            await asyncio.to_thread(self._redirect_internal, job)
+            return
+        try:
+            if job.raw is None:
+                skip = await asyncio.to_thread(self._policy, job)
+                if skip is not None:
+                    await asyncio.to_thread(self._skip, job, skip)
+                    return
+                await asyncio.to_thread(self._compose, job)
+            await self._send(job)
+        except Transient as exc:
+            await asyncio.to_thread(self._retry, job, str(exc))
+            return
+        except Permanent as exc:
+            await asyncio.to_thread(self._fail, job, str(exc))
+            return
+        if hold := os.environ.get(HOLD_AFTER_SEND):
+            await asyncio.sleep(float(hold))
+        await asyncio.to_thread(self._sent, job)
+
+    # --- policy and composition (threads) -----------------------------------------------
+
+    def _policy(self, job: Job) -> str | None:
+        """Why an automatic row must not be sent (rate limit, suppression list), or None."""
+        if not job.automatic or job.kind == "redirect-account":
+            return None
+        with self.engine.connect() as conn:
+            mark = suppressed(conn, job.rcpt)
+            if mark is not None:
+                return f"suppressed: {mark.reason}"
+            if job.kind in ("auto-acknowledge", "auto-reply"):
+                window = timedelta(hours=self.config.auto_window_hours)
+                recent = automatic_sent_since(conn, job.account_id, job.rcpt,
+                                              datetime.now(UTC) - window, job.pk)
+                if recent >= self.config.auto_per_sender:
+                    return (f"rate-limit: {recent} automatic mail(s) to {job.rcpt} in "
+                            f"{self.config.auto_window_hours:g} h")
+        return None
+
+    def _compose(self, job: Job) -> None:
+        """Build the message once and store it: every attempt sends these bytes."""
+        now = datetime.now(UTC)
+        with self.engine.connect() as conn:
+            cause = conn.execute(select(Message.raw, Message.received_at, Message.subject)
+                                 .where(Message.id == job.extra["cause"])).one()
+        headers = loop_headers(job.kind, self.settings.gateway.hostname, job.account.addresses[0])
+        if job.kind in ("auto-acknowledge", "auto-reply"):
+            inbound = parse_message(cause.raw, cause.received_at)
+            marker, tag = self._tag(job)
+            context = merge_context(
+                account=job.account, inbound=InboundFields.from_parsed(inbound, cause.received_at),
+                ack=AckInfo(reference=str(job.extra["cause"]), tag=marker or ""), now=now)
+            try:
+                rendered = self.templates.render(self._template_name(job), context)
+            except TemplateError as exc:
+                raise Permanent(f"template {job.extra['template']!r}: {exc}") from None
+            made = compose.answer(account=job.account, inbound=inbound, rcpt=job.rcpt,
+                                  text=rendered.text, html=rendered.html, marker=marker,
+                                  hostname=self.settings.gateway.hostname, now=now,
+                                  headers=headers)
+        elif job.extra.get("mode") == "attach" or self._mode(job) == "attach":
+            made = compose.forward_attached(original=cause.raw, subject=cause.subject,
+                                            account=job.account, rcpt=job.rcpt,
+                                            hostname=self.settings.gateway.hostname, now=now,
+                                            headers=headers)
+            tag = None
+        else:
+            made = compose.resend(original=cause.raw, account=job.account, rcpt=job.rcpt,
+                                  hostname=self.settings.gateway.hostname, now=now)
+            tag = None
+        job.raw, job.message_id, job.rcpt_to = made.raw, made.message_id, [job.rcpt]
+        job.mail_from = self._return_path(job)
+        with writer(self.engine).begin() as conn:
+            if tag is not None:
+                conn.execute(TagValue.__table__.insert().values(
+                    reference=tag.reference, blob=tag.blob, created_at=now))
+            conn.execute(update(Outbox).where(Outbox.id == job.pk).values(
+                raw=job.raw, message_id_header=job.message_id, mail_from=job.mail_from,
+                rcpt_to=job.rcpt_to))
+            job.extra["tag"] = tag.reference if tag is not None else None
+
+    def _action(self, job: Job) -> dict[str, Any]:
+        """The rule action that made the row, from the cause message's decision."""
+        with self.engine.connect() as conn:
+            decision = conn.execute(select(Message.decision).where(
+                Message.id == job.extra["cause"])).scalar_one_or_none() or {}
+        return next((a for a in decision.get("actions", [])
+                     if a.get("rule") == job.extra["rule"]), {})
+
+    def _mode(self, job: Job) -> str:
+        return str(self._action(job).get("mode", "resend"))
+
+    def _redirect_internal(self, job: Job) -> None:
+        """Move the message to another account and decide it again with that account's
+        rules (its classification and route; a second redirect is not followed)."""
+        target = str(self._action(job).get("account", ""))
+        ids = {name: pk for pk, name in self.accounts.items()}
+        with writer(self.engine).begin() as conn:
+            if target not in ids:
+                finish(conn, job.pk, OutboxState.FAILED.value, error=f"no account {target!r}")
+                record(conn, job.pk, "send-failed", {"error": f"no account {target!r}"})
+                return
+            cause = job.extra["cause"]
+            conn.execute(update(Message).where(Message.id == cause).values(
+                account_id=ids[target], state="queued"))
+            if conn.execute(select(MessageAccount).where(
+                    MessageAccount.message_id == cause,
+                    MessageAccount.account_id == ids[target])).first() is None:
+                conn.execute(MessageAccount.__table__.insert().values(
+                    message_id=cause, account_id=ids[target]))
+            decision = self._decide_again(conn, cause)
+            if decision is not None:
+                columns = decision_columns(decision, datetime.now(UTC))
+                if columns["state"] == "redirected":  # redirected again: an agent decides
+                    columns["state"] = "queued"
+                conn.execute(update(Message).where(Message.id == cause).values(**columns))
+            finish(conn, job.pk, OutboxState.SENT.value)
+            record(conn, job.pk, "redirected", {"from": job.account.name, "to": target},
+                   reason_code="auto-redirect")
+        self.stats.sent += 1
+
+    def _decide_again(self, conn: Any, message_pk: int) -> Any:
+        if not self.settings.rules:
+            return None
+        try:
+            ruleset = load_rules(list(self.settings.rules), set(self.accounts.values()))
+        except RuleErrors as exc:
+            log.error("redirect: rules do not load, message kept unclassified: %s", exc)
+            return None
+        context = RulesContext(ruleset, self.accounts, ProcedureRunner(
+            ruleset.procedure_timeout_ms), self.keys)
+        return redecide(context, conn, message_pk)
+
+    def _template_name(self, job: Job) -> str:
+        name = str(job.extra["template"])
+        for candidate in (name, f"{name}.txt", f"{name}.html"):
+            if (self.config.templates / candidate).is_file():
+                return candidate
+        raise Permanent(f"no template {name!r} in {self.config.templates}")
+
+    def _tag(self, job: Job) -> tuple[str | None, Any]:
+        if self.keys is None:
+            return None, None
+        values: dict[str, str | int] = {"interaction": job.pk, "account": job.account.name}
+        if job.extra["thread"] is not None:
+            values["thread"] = job.extra["thread"]
+        tag = seal(values, self.keys)
+        return tag.marker, tag
+
+    def _return_path(self, job: Job) -> str:
+        """VERP: a bounce names the exact row that failed (authenticated like tags)."""
+        domain = job.account.addresses[0].rpartition("@")[2]
+        if self.keys is None:
+            return job.account.addresses[0]
+        return verp_address(job.pk, domain, self.keys.keys[self.keys.current],
+                            local=self.config.bounce_local)
+
+    # --- sending (event loop) -------------------------------------------------------------
+
+    async def _send(self, job: Job) -> None:
+        relay = self.settings.relay_for(job.account)
+        if relay is None:
+            raise Transient(f"account {job.account.name} has no outbound relay configured")
+        tls_context = None
+        if relay.tls != "none":
+            tls_context = ssl.create_default_context(
+                cafile=str(relay.ca_file) if relay.ca_file else None)
+        password = relay.password.resolve() if relay.password else None
+        assert job.raw is not None
+        try:
+            await aiosmtplib.send(
+                job.raw, sender=job.mail_from, recipients=job.rcpt_to, hostname=relay.host,
+                port=relay.port, use_tls=relay.tls == "implicit",
+                start_tls=relay.tls == "starttls", tls_context=tls_context,
+                username=relay.user, password=password, timeout=relay.timeout,
+                local_hostname=self.settings.gateway.hostname)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            text = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+            raise (Permanent if all(c >= 500 for c in codes) else Transient)(text) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {exc.message}"
+            raise (Permanent if exc.code >= 500 else Transient)(text) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from None
+
+    # --- bookkeeping (threads) ------------------------------------------------------------
+
+    def _sent(self, job: Job) -> None:
+        now = datetime.now(UTC)
+        assert job.raw is not None
+        archived = message_columns(parse_message(job.raw, now)) | {
+            "dedupe_key": f"outbox:{job.pk}", "direction": "outbound",
+            "account_id": job.account_id, "thread_id": job.extra["thread"],
+            "state": "sent", "raw": job.raw, "size": len(job.raw), "received_at": now,
+            "envelope_from": job.mail_from, "envelope_to": job.rcpt_to,
+            "tag_reference": job.extra.get("tag")}
+        with writer(self.engine).begin() as conn:
+            known = conn.execute(select(Message.id).where(
+                Message.dedupe_key == archived["dedupe_key"])).scalar_one_or_none()
+            pk = known or conn.execute(Message.__table__.insert().values(
+                **_columns(archived))).inserted_primary_key[0]
+            finish(conn, job.pk, OutboxState.SENT.value, now=now)
+            conn.execute(update(Outbox).where(Outbox.id == job.pk)
+                         .values(archived_message_id=pk))
+            record(conn, job.pk, "sent", {"to": job.rcpt, "message_id": job.message_id,
+                                          "attempts": job.attempts}, reason_code=job.kind)
+        self.stats.sent += 1
+
+    def _retry(self, job: Job, error: str) -> None:
+        now = datetime.now(UTC)
+        give_up = job.created_at + timedelta(hours=self.config.give_up_after_hours)
+        with writer(self.engine).begin() as conn:
+            if now >= give_up:
+                finish(conn, job.pk, OutboxState.FAILED.value, error=f"gave up: {error}")
+                record(conn, job.pk, "send-failed", {"error": error, "gave_up": True})
+                self.stats.failed += 1
+            else:
+                delay = backoff(job.attempts, self.config.retry_base_seconds,
+                                self.config.retry_max_seconds)
+                finish(conn, job.pk, OutboxState.PENDING.value, error=error,
+                       retry_at=min(now + timedelta(seconds=delay), give_up))
+                self.stats.retried += 1
+        self.stats.last_error = error
+        log.warning("outbox %d: %s (attempt %d)", job.pk, error, job.attempts)
+
+    def _fail(self, job: Job, error: str) -> None:
+        with writer(self.engine).begin() as conn:
+            finish(conn, job.pk, OutboxState.FAILED.value, error=error, status=error[:3])
+            record(conn, job.pk, "send-failed", {"error": error})
+        self.stats.failed += 1
+        self.stats.last_error = error
+        log.error("outbox %d failed: %s", job.pk, error)
+
+    def _skip(self, job: Job, reason: str) -> None:
+        with writer(self.engine).begin() as conn:
+            finish(conn, job.pk, OutboxState.SKIPPED.value, error=reason)
+            record(conn, job.pk, "auto-skipped", {"reason": reason})
+        self.stats.skipped += 1
+
+
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    names = set(Message.__table__.c.keys())
+    return {k: v for k, v in values.items() if k in names}
+
+
+__all__ = ["PAUSE", "OutboxWorker", "Permanent", "Transient"]
