@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
 from email import message_from_bytes
+from email.message import EmailMessage
 from email.policy import SMTP, compat32
 from email.utils import format_datetime, formataddr, make_msgid
 
