@@ -28,16 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.accounts import AccountDirectory
-from engine.config import ImapPollDriver, Settings
+from engine.config import Settings
 from engine.deliveries import Envelope, Receipt, Rejected
 from engine.intake import Intake
-from gateway.imapconn import (
-    ConnectionLost,
-    ImapConnection,
-    ImapError,
-    LoginFailed,
-    ServerSettings,
-)
+from gateway.imapconfig import MailboxSpec, mailboxes
+from gateway.imapconn import ConnectionLost, ImapConnection, ImapError, LoginFailed
 from gateway.imapstatus import PollerHealth, StatusFile, now_iso
 
 log = logging.getLogger(__name__)
@@ -49,62 +44,6 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 60.0
 LOGIN_BACKOFF = 30.0  # wrong credentials: don't hammer the server (or lock the account)
 TOO_BIG, REJECTED, FAILED = "$PostdeskTooBig", "$PostdeskRejected", "$PostdeskFailed"
 _RETURN_PATH = re.compile(rb"^Return-Path:[ \t]*<([^>\r\n]*)>", re.IGNORECASE | re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class MailboxSpec:
-    """One polled mailbox: the account it delivers to and the effective driver settings."""
-
-    account: str
-    account_id: int
-    address: str
-    driver: str
-    server: ServerSettings
-    interval: float
-    processed_folder: str
-    retry_folder: str
-    max_size: int
-    hostname: str
-    problem: str | None = None  # a configuration problem: report it, never connect
-
-    @property
-    def key(self) -> str:
-        return f"{self.account}/{self.driver}"
-
-
-def mailboxes(settings: Settings, directory: AccountDirectory,
-              only: Sequence[str] = ()) -> list[MailboxSpec]:
-    """Every (account, imap-poll driver) pair in the configuration, overrides applied."""
-    ids = {name: pk for pk, name in directory.names.items()}
-    specs = []
-    for acc in settings.accounts:
-        if only and acc.name not in only:
-            continue
-        for use in acc.inbound:
-            name = use if isinstance(use, str) else use.driver
-            if getattr(settings.drivers.get(name), "type", None) == "imap-poll":
-                driver = settings.effective_driver(use)
-                specs.append(_spec(settings, acc.name, ids[acc.name], acc.addresses[0], name,
-                                   driver))
-    return specs
-
-
-def _spec(settings: Settings, account: str, account_id: int, address: str, name: str,
-          driver: ImapPollDriver) -> MailboxSpec:
-    password = driver.password.resolve() if driver.password else None
-    problem = None
-    if not driver.user:
-        problem = f"driver {name!r}: no user configured"
-    elif password is None:
-        problem = f"driver {name!r}: no password (set password: {{env: VARIABLE}})"
-    ca_file = driver.ca_file
-    if ca_file is not None and not ca_file.is_absolute():  # relative to postdesk.yaml
-        ca_file = (Path(settings.source).parent / ca_file).resolve()
-    server = ServerSettings(driver.host, driver.port, driver.tls, driver.user or "",
-                            password or "", driver.timeout, ca_file)
-    return MailboxSpec(account, account_id, address, name, server, driver.polling_interval,
-                       driver.processed_folder, driver.retry_folder,
-                       settings.gateway.max_message_size, settings.gateway.hostname, problem)
 
 
 class StoreDown(Exception):
@@ -130,6 +69,7 @@ class MailboxPoller:
                                    f"{spec.server.host}:{spec.server.port}", spec.server.user)
         self.status = StatusFile(status_dir, spec.key)
         self.use_move = True  # False: COPY + \Deleted + UID EXPUNGE even if MOVE is offered
+        self.use_idle = True  # False: poll every interval even if IDLE is offered
         self._stopping = asyncio.Event()
         self._attempts: dict[int, int] = {}  # uid → store failures, this UIDVALIDITY
         self._stored: set[int] = set()  # committed, not yet moved, this UIDVALIDITY
@@ -210,8 +150,9 @@ class MailboxPoller:
 
     async def _wait(self, conn: ImapConnection) -> None:
         """Until new mail (IDLE), PollingInterval, or stop."""
-        self._set("idle" if self.health.idle_supported else "waiting")
-        if not self.health.idle_supported:
+        idle = self.use_idle and bool(self.health.idle_supported)
+        self._set("idle" if idle else "waiting")
+        if not idle:
             await self._sleep(self.spec.interval)
             return
         waiting = asyncio.ensure_future(conn.wait_for_news(self.spec.interval))

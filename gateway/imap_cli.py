@@ -38,6 +38,7 @@ from engine.store import database
 from gateway.imap import PollerSet, mailboxes
 from gateway.imapstatus import read_status
 from gateway.importer import Importer, ImportState, StoreFailed, checkpoint_path
+from gateway.rules_cli import load_or_exit
 from gateway.sources import KINDS, open_source
 
 
@@ -63,6 +64,8 @@ def _prepare(settings: Settings) -> AccountDirectory:
 
 
 def _intake(settings: Settings, directory: AccountDirectory, rules: bool) -> Intake:
+    if rules and settings.rules:  # as serve: refuse to start on rules that don't validate
+        load_or_exit(list(settings.rules), settings, exit_code=2)
     files = RuleFiles([str(p) for p in settings.rules], directory.names, tag_keys(settings)) \
         if rules and settings.rules else None
     return Intake(settings.database_url, max_batch=settings.gateway.max_batch,

@@ -172,6 +172,22 @@ async def test_idle_delivers_a_new_message_without_waiting_for_the_interval(
     assert poller.health.state == "stopped"
 
 
+async def test_without_idle_new_mail_comes_with_the_next_poll(
+        dovecot: Dovecot, store: tuple[Intake, Engine]) -> None:
+    intake, engine = store
+    user = dovecot.new_user()
+    poller = MailboxPoller(spec(dovecot, user, interval=1), intake)
+    poller.use_idle = False  # as with a server that does not offer IDLE
+    task = asyncio.ensure_future(poller.run())
+    try:
+        await wait_until(lambda: poller.health.state == "waiting", 10)
+        dovecot.deliver(user, make_mail("Polled", message_id="<polled@client.test>"))
+        await wait_until(lambda: "<polled@client.test>" in stored_ids(engine), 10)
+    finally:
+        poller.stop()
+        await asyncio.wait_for(task, 15)
+
+
 @pytest.mark.parametrize("tls", ["implicit", "starttls"])
 async def test_tls_with_the_self_signed_ca_given_explicitly(
         dovecot: Dovecot, store: tuple[Intake, Engine], tls: str) -> None:
