@@ -22,6 +22,7 @@ class AccountDirectory:
 
     by_address: dict[str, int]
     names: dict[int, str]
+    bounce_local: str = "bounces"  # ``bounces+<token>@<an account's domain>``: our return paths
 
     def lookup(self, address: str) -> int | None:
         """The account owning ``address``; ``support+tag@x`` falls back to ``support@x``."""
@@ -30,7 +31,11 @@ class AccountDirectory:
             return self.by_address[addr]
         local, at, domain = addr.rpartition("@")
         if at and "+" in local:
-            return self.by_address.get(f"{local.split('+', 1)[0]}@{domain}")
+            base = local.split("+", 1)[0]
+            if base == self.bounce_local:  # a delivery report for a mail we sent
+                return next((pk for a, pk in self.by_address.items()
+                             if a.rpartition("@")[2] == domain), None)
+            return self.by_address.get(f"{base}@{domain}")
         return None
 
 
@@ -51,4 +56,5 @@ def sync_accounts(engine: Engine, settings: Settings) -> AccountDirectory:
                 existing[acc.name] = result.inserted_primary_key[0]
     by_address = {addr: existing[acc.name] for acc in settings.accounts
                   for addr in acc.all_addresses()}
-    return AccountDirectory(by_address, {existing[a.name]: a.name for a in settings.accounts})
+    return AccountDirectory(by_address, {existing[a.name]: a.name for a in settings.accounts},
+                            settings.outbox.bounce_local.lower())

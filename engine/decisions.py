@@ -52,6 +52,7 @@ class RulesContext:
     tag_keys: TagKeys | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"forged_tags": 0})
     own_addresses: frozenset[str] = frozenset()  # never auto-answered (loops)
+    bounce_local: str = "bounces"  # local part of our return paths (engine.bouncing)
 
     def read_tag(self, conn: Connection, parsed: ParsedMessage) -> dict[str, str]:
         """Values of the newest genuine reference tag in the subject, else of the tag our
@@ -173,6 +174,7 @@ class RuleFiles:
     account_names: dict[int, str]
     tag_keys: TagKeys | None = None
     own_addresses: frozenset[str] = frozenset()
+    bounce_local: str = "bounces"
     error: str | None = None
     _context: RulesContext | None = None
     _stamp: tuple[Any, ...] = ()
@@ -197,7 +199,8 @@ class RuleFiles:
             time.sleep(0.05)
         if self._context is None:
             self._context = RulesContext(EMPTY, self.account_names, None, self.tag_keys,
-                                         own_addresses=self.own_addresses)
+                                         own_addresses=self.own_addresses,
+                                         bounce_local=self.bounce_local)
 
     def _reload(self, stamp: tuple[Any, ...]) -> None:
         from pathlib import Path
@@ -222,7 +225,7 @@ class RuleFiles:
         runner = ProcedureRunner(ruleset.procedure_timeout_ms)
         counters = self._context.counters if self._context else {"forged_tags": 0}
         self._context = RulesContext(ruleset, self.account_names, runner, self.tag_keys,
-                                     counters, self.own_addresses)
+                                     counters, self.own_addresses, self.bounce_local)
         log.info("rules version %s loaded (%d rules)", ruleset.version, len(ruleset.rules))
 
 

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.autoresponse import is_daemon_address
+from engine.bouncing import BounceOutcome, bounce_address, handle_report
 from engine.decisions import RulesContext, decision_columns
 from engine.mime import ParsedMessage, parse_message
 from engine.outbox import Planned, plan_automatic
@@ -26,6 +28,7 @@ from engine.store.models import (
     History,
     Message,
     MessageAccount,
+    MessageState,
     Outbox,
     RuleStat,
 )
@@ -107,9 +110,13 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
         if key in known or key in fresh:  # a redelivery, maybe within this very batch
             plan.append(("known", key) if key in known else ("again", fresh[key]))
             continue
-        tags = rules.read_tag(conn, d.parsed) if rules is not None else {}
-        tag_thread = _int(tags.get("thread"))
-        decision = _decide(conn, rules, d, threads, tags, tag_thread)
+        report = _report(conn, rules, d)
+        if report is None:
+            tags = rules.read_tag(conn, d.parsed) if rules is not None else {}
+            tag_thread = _int(tags.get("thread"))
+            decision = _decide(conn, rules, d, threads, tags, tag_thread)
+        else:  # a delivery report: joins what failed, never decided on or answered
+            tag_thread, decision = report.thread_id, None
         if decision is not None and decision.reject is not None:
             plan.append(("rejected", Rejected(decision.reject, decision.stopped_by)))
             continue
@@ -123,7 +130,10 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
             now=d.envelope.received_at)
         row = (message_columns(d.parsed) | _envelope_columns(d.raw, d.envelope, key)
                | {"thread_reason": reason} | decision_columns(decision, d.envelope.received_at))
-        if automatic.state is not None:
+        if report is not None:
+            row["state"] = MessageState.BOUNCE.value
+            automatic = Planned([], report.history, None)
+        elif automatic.state is not None:
             row["state"] = automatic.state
         rows.append(row)
         slots.append(slot)
@@ -168,6 +178,26 @@ def _decide(conn: Connection, rules: RulesContext | None, d: Delivery, threads: 
     return rules.decide(conn, d.parsed, size=len(d.raw), received_at=d.envelope.received_at,
                         accounts=[a for a, _ in d.envelope.recipients],
                         thread=slot if isinstance(slot, int) else None, tags=tags)
+
+
+def _report(conn: Connection, rules: RulesContext | None, d: Delivery) -> BounceOutcome | None:
+    """A delivery report (to one of our return paths, or shaped like one), or None."""
+    local = rules.bounce_local if rules is not None else "bounces"
+    to = bounce_address([rcpt for _, rcpt in d.envelope.recipients], local)
+    if to is None and not _looks_like_report(d):
+        return None
+    secrets = list(rules.tag_keys.keys.values()) if rules and rules.tag_keys else []
+    return handle_report(conn, d.raw, to, secrets, local)
+
+
+def _looks_like_report(d: Delivery) -> bool:
+    """Cheap signs of a delivery report (``parse_bounce`` then decides): a null return
+    path, a multipart/report, a mailer daemon as sender."""
+    if d.envelope.mail_from.strip("<> ") == "":
+        return True
+    content_type = next((v for k, v in d.parsed.headers if k.lower() == "content-type"), "")
+    sender = d.parsed.from_.addr if d.parsed.from_ else ""
+    return "multipart/report" in content_type.lower() or is_daemon_address(sender)
 
 
 def _int(value: str | None) -> int | None:

@@ -176,9 +176,10 @@ def automatic_rate(conn: Connection, since: datetime) -> int:
         Outbox.automatic.is_(True), Outbox.sent_at >= since)).scalar_one()
 
 
-def suppressed(conn: Connection, address: str) -> Suppression | None:
-    return conn.execute(select(Suppression).where(Suppression.address == address.lower())
-                        ).scalar_one_or_none()
+def suppressed(conn: Connection, address: str) -> Any:
+    """The suppression row of ``address`` (address, reason, status), or None."""
+    table = Suppression.__table__
+    return conn.execute(select(table).where(table.c.address == address.lower())).first()
 
 
 def suppress(conn: Connection, address: str, reason: str, status: str | None) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from sqlalchemy import Engine, select, update
 from engine import compose
 from engine.autoresponse import loop_headers
 from engine.bounces import verp_address
+from engine.bouncing import SUPPRESS_STATUSES
 from engine.config import AccountSettings, Settings, tag_keys
 from engine.decisions import RulesContext, decision_columns, redecide
 from engine.deliveries import message_columns
@@ -41,6 +43,7 @@ from engine.outbox import (
     paused,
     record,
     set_paused,
+    suppress,
     suppressed,
 )
 from engine.procedures import ProcedureRunner
@@ -51,6 +54,7 @@ from engine.templates import Templates
 from rules.schema import RuleErrors, load_rules
 
 log = logging.getLogger(__name__)
+_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")  # RFC 3463 enhanced status code
 HOLD_AFTER_SEND = "POSTDESK_TEST_HOLD_AFTER_SEND"  # tests: crash between 250 and bookkeeping
 
 
@@ -133,7 +137,11 @@ class OutboxWorker:
         """One round: claim due rows and handle each; returns how many were handled."""
         jobs = await asyncio.to_thread(self._claim)
         for job in jobs:
-            await self._handle(job)
+            try:
+                await self._handle(job)
+            except Exception as exc:  # a bug or a database hiccup: the row is retried
+                log.exception("outbox %d: unexpected error", job.pk)
+                await asyncio.to_thread(self._retry, job, f"{type(exc).__name__}: {exc}")
         return len(jobs)
 
     def _claim(self) -> list[Job]:
@@ -398,9 +406,13 @@ class OutboxWorker:
         log.warning("outbox %d: %s (attempt %d)", job.pk, error, job.attempts)
 
     def _fail(self, job: Job, error: str) -> None:
+        found = _STATUS.search(error)
+        status = found.group(1) if found else error[:3]
         with writer(self.engine).begin() as conn:
-            finish(conn, job.pk, OutboxState.FAILED.value, error=error, status=error[:3])
-            record(conn, job.pk, "send-failed", {"error": error})
+            finish(conn, job.pk, OutboxState.FAILED.value, error=error, status=status)
+            record(conn, job.pk, "send-failed", {"error": error, "status": status})
+            if status.startswith(SUPPRESS_STATUSES) and job.rcpt:  # the address is dead
+                suppress(conn, job.rcpt, f"refused ({status}) for outbox {job.pk}", status)
         self.stats.failed += 1
         self.stats.last_error = error
         log.error("outbox %d failed: %s", job.pk, error)

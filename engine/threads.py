@@ -167,7 +167,8 @@ class ThreadBatch:
         ids: dict[int | tuple[str, int], int] = {}
         if self.new:
             rows = [{"subject": t.subject, "subject_key": t.key, "created_at": t.created_at,
-                     "last_message_at": t.last_at, "message_count": 0} for t in self.new]
+                     "last_message_at": t.last_at, "message_count": 0, "flagged": False}
+                    for t in self.new]
             new_ids = insert_returning_ids(self.conn, _THREADS, rows)
             ids.update({("new", n): tid for n, tid in enumerate(new_ids)})
         thread_of = lambda slot: ids.get(slot, slot)  # noqa: E731 — tiny local mapping

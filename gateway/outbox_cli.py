@@ -152,8 +152,8 @@ def suppressed_cmd(ctx: click.Context, clear: str | None, as_json: bool) -> None
     with engine.connect() as conn:
         rows = [{"address": r.address, "reason": r.reason, "status": r.status,
                  "created_at": r.created_at.isoformat()}
-                for r in conn.execute(select(Suppression).order_by(Suppression.address))
-                .scalars()]
+                for r in conn.execute(select(Suppression.__table__)
+                                      .order_by(Suppression.address))]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

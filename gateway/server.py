@@ -47,7 +47,8 @@ class Gateway:
         self.engine = _engine(settings)  # health checks; the intake writer has its own
         self.stats = GatewayStats()
         rules = RuleFiles([str(p) for p in settings.rules], directory.names,
-                          tag_keys(settings), frozenset(directory.by_address))
+                          tag_keys(settings), frozenset(directory.by_address),
+                          settings.outbox.bounce_local)
         self.intake = Intake(settings.database_url, max_batch=settings.gateway.max_batch,
                              busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True,
                              rules=rules)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Instance, store_with_accounts
+from relay import Relay
 from sqlalchemy import Engine
 
 
@@ -37,3 +38,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     if inst._engine is not None:
         inst._engine.dispose()
     assert code == 0, f"serve exited with {code}:\n{inst.log()[-3000:]}"
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    """A test relay on loopback that accepts mail (``relay.mode`` makes it refuse)."""
+    r = Relay().up()
+    yield r
+    r.down()

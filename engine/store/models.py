@@ -74,6 +74,7 @@ class MessageState(enum.StrEnum):
     DELETED = "deleted"
     REDIRECTED = "redirected"
     AUTO_REPLIED = "auto_replied"
+    BOUNCE = "bounce"  # a delivery report: linked to what we sent, never customer mail
 
     @property
     def active(self) -> bool:
@@ -106,6 +107,8 @@ class Thread(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_message_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
+    # something needs an agent's eye (a mail we sent bounced)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ThreadRef(Base):

@@ -67,7 +67,7 @@ def test_models_work_from_async_code(store: Engine) -> None:
 def test_states_split_into_active_and_settled() -> None:
     assert {s.value for s in ACTIVE_STATES} == {"queued", "assigned", "draft"}
     assert {s.value for s in SETTLED_STATES} == {
-        "resolved", "sent", "deleted", "redirected", "auto_replied"}
+        "resolved", "sent", "deleted", "redirected", "auto_replied", "bounce"}
 
 
 def test_readers_do_not_take_the_write_lock(store: Engine) -> None:

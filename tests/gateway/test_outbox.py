@@ -4,18 +4,13 @@ to a relay on loopback that accepts, defers, refuses, drops or is down on demand
 from __future__ import annotations
 
 import json
-import smtplib
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import Instance, make_mail
+from outboxkit import history, prepare, rows, send, stored, wait_until
 from relay import Relay
-from sqlalchemy import select
-
-from engine.store.models import History, Message, Outbox
 
 RULES = """\
 version: 1
@@ -52,82 +47,9 @@ rules:
     template: ack
 """
 
-ACK = """\
-Dear {{ INB_FROM_NAME }},
-
-we received your message "{{ INB_SUBJECT }}" on {{ INB_RECEIVED_DATE }} and will answer
-soon. Your reference: {{ ACK_REFERENCE }}.
-"""
-PASSWORD = """\
-<p>Hello {{ INB_FROM_NAME }},</p><p>reset your password at <b>example.test/reset</b>.</p>
-"""
-
-
-def outbox_config(relay: Relay, **overrides: object) -> str:
-    settings = {"retry_base_seconds": 0.3, "retry_max_seconds": 1, "poll_seconds": 0.1,
-                "auto_per_sender": 1000, **overrides}
-    lines = "".join(f"  {k}: {v}\n" for k, v in settings.items())
-    return (f"rules: [rules.yaml]\ntags: {{current: k1, keys: {{k1: {{file: tag.secret}}}}}}\n"
-            f"drivers:\n  relay: {{type: outbound-relay, host: 127.0.0.1, port: {relay.port}, "
-            f"tls: none, timeout: 5}}\noutbox:\n{lines}")
-
-
-def prepare(inst: Instance, relay: Relay, rules: str = RULES, **overrides: object) -> Instance:
-    from engine.tags import generate_secret
-
-    inst.dir.mkdir(parents=True, exist_ok=True)
-    (inst.dir / "rules.yaml").write_text(rules)
-    (inst.dir / "tag.secret").write_text(generate_secret())
-    templates = inst.dir / "templates"
-    templates.mkdir(exist_ok=True)
-    (templates / "ack.txt").write_text(ACK)
-    (templates / "password-howto.html").write_text(PASSWORD)
-    return inst.write(extra=outbox_config(relay, **overrides))
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    r = Relay().up()
-    yield r
-    r.down()
-
-
-def send(inst: Instance, raw: bytes, sender: str = "customer@client.test",
-         to: str = "support@example.test") -> None:
-    with smtplib.SMTP("127.0.0.1", inst.smtp, timeout=30) as client:
-        client.sendmail(sender, [to], raw)
-
-
-def rows(inst: Instance) -> list[Outbox]:
-    from sqlalchemy.orm import Session
-
-    with Session(inst.engine) as session:
-        return list(session.scalars(select(Outbox).order_by(Outbox.id)))
-
-
-def history(inst: Instance, action: str) -> list[History]:
-    from sqlalchemy.orm import Session
-
-    with Session(inst.engine) as session:
-        return list(session.scalars(select(History).where(History.action == action)))
-
-
-def stored(inst: Instance, message_id: str) -> Message:
-    return next(m for m in inst.messages() if m.message_id_header == message_id)
-
-
-def wait_until(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise TimeoutError("condition not met")
-
-
 def test_auto_acknowledgement_is_composed_sent_once_and_archived(instance: Instance,
                                                                 relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Where is my order?", message_id="<ack-1@client.test>"))
     [got] = relay.wait_for(1)
     msg = got.message
@@ -161,7 +83,7 @@ def test_auto_acknowledgement_is_composed_sent_once_and_archived(instance: Insta
 
 def test_reply_to_the_acknowledgement_comes_back_to_its_thread(instance: Instance,
                                                               relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Cracked screen", message_id="<t-1@client.test>"))
     [got] = relay.wait_for(1)
     reply = make_mail(f"AW: {got.message['Subject']}", message_id="<t-2@client.test>")
@@ -172,7 +94,7 @@ def test_reply_to_the_acknowledgement_comes_back_to_its_thread(instance: Instanc
 
 def test_auto_reply_is_html_with_a_text_part_and_settles_the_message(instance: Instance,
                                                                     relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Forgot my password", message_id="<pw@client.test>"))
     # acknowledged first (auto-acknowledge comes before auto-reply), then answered
     msg = next(g.message for g in relay.wait_for(2)
@@ -188,7 +110,7 @@ def test_auto_reply_is_html_with_a_text_part_and_settles_the_message(instance: I
 def test_relay_down_then_back_sends_every_message_exactly_once(instance: Instance,
                                                               relay: Relay) -> None:
     relay.down()
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     for i in range(20):
         send(instance, make_mail(f"Question {i}", message_id=f"<down-{i}@client.test>"))
     waiting = wait_until(lambda: (r := rows(instance)) and all(
@@ -208,7 +130,7 @@ def test_relay_down_then_back_sends_every_message_exactly_once(instance: Instanc
 def test_deferrals_and_dropped_connections_are_retried(instance: Instance,
                                                       relay: Relay) -> None:
     relay.mode = "tempfail"
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Deferred", message_id="<defer@client.test>"))
     row = wait_until(lambda: next((r for r in rows(instance)
                                    if r.attempts >= 2 and r.state == "pending"), None))
@@ -223,7 +145,7 @@ def test_deferrals_and_dropped_connections_are_retried(instance: Instance,
 
 def test_permanent_refusal_fails_the_row_visibly(instance: Instance, relay: Relay) -> None:
     relay.mode = "permfail"
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Refused", message_id="<refused@client.test>"))
     row = wait_until(lambda: (r := rows(instance)) and r[0].state == "failed" and r[0])
     assert row.attempts == 1 and row.last_error.startswith("550")
@@ -238,7 +160,7 @@ def test_permanent_refusal_fails_the_row_visibly(instance: Instance, relay: Rela
 
 def test_a_template_that_does_not_exist_fails_the_row(instance: Instance,
                                                       relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("broken thing", message_id="<tpl@client.test>"))
     row = wait_until(lambda: (r := rows(instance)) and r[0].state == "failed" and r[0])
     assert "nowhere" in row.last_error and row.raw is None
@@ -249,7 +171,7 @@ def test_crash_between_relay_acceptance_and_bookkeeping_resends_the_same_message
         instance: Instance, relay: Relay) -> None:
     """The documented policy: a row interrupted mid-send goes again with the same bytes and
     Message-ID, so the receiver can tell it is the same mail; history records it."""
-    prepare(instance, relay)
+    prepare(instance, relay, RULES)
     instance.start(env={"POSTDESK_TEST_HOLD_AFTER_SEND": "60"})
     send(instance, make_mail("Crash me", message_id="<crash@client.test>"))
     [first] = relay.wait_for(1)
@@ -267,7 +189,7 @@ def test_crash_between_relay_acceptance_and_bookkeeping_resends_the_same_message
 
 def test_external_redirects_resend_or_attach_the_original(instance: Instance,
                                                          relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     original = make_mail("About the lawsuit", message_id="<legal-1@client.test>")
     send(instance, original)
     send(instance, make_mail("A subpoena", message_id="<legal-2@client.test>"))
@@ -287,7 +209,7 @@ def test_external_redirects_resend_or_attach_the_original(instance: Instance,
 
 def test_internal_redirect_moves_the_message_and_applies_that_accounts_rules(
         instance: Instance, relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     send(instance, make_mail("Need a quotation", message_id="<quote@client.test>"))
     msg = wait_until(lambda: (m := stored(instance, "<quote@client.test>")).account_id == 2
                      and m.classification == "quotes" and m)
@@ -298,7 +220,7 @@ def test_internal_redirect_moves_the_message_and_applies_that_accounts_rules(
 
 def test_pause_and_resume_stop_and_restart_automatic_sending(instance: Instance,
                                                             relay: Relay) -> None:
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     instance.cli("outbox", "pause", "--reason", "maintenance")
     send(instance, make_mail("While paused", message_id="<paused@client.test>"))
     time.sleep(1.5)
@@ -312,7 +234,7 @@ def test_pause_and_resume_stop_and_restart_automatic_sending(instance: Instance,
 
 def test_the_breaker_pauses_a_flood_of_automatic_mail(instance: Instance,
                                                       relay: Relay) -> None:
-    prepare(instance, relay, breaker_per_minute=3).start()
+    prepare(instance, relay, RULES, breaker_per_minute=3).start()
     for i in range(8):
         send(instance, make_mail(f"Flood {i}", sender=f"c{i}@client.test",
                                  message_id=f"<flood-{i}@client.test>"),
@@ -324,7 +246,7 @@ def test_the_breaker_pauses_a_flood_of_automatic_mail(instance: Instance,
 
 
 def test_per_sender_rate_limit_skips_and_records(instance: Instance, relay: Relay) -> None:
-    prepare(instance, relay, auto_per_sender=1).start()
+    prepare(instance, relay, RULES, auto_per_sender=1).start()
     send(instance, make_mail("First", message_id="<rate-1@client.test>"))
     relay.wait_for(1)
     send(instance, make_mail("Second", message_id="<rate-2@client.test>"))
@@ -338,7 +260,7 @@ def test_per_sender_rate_limit_skips_and_records(instance: Instance, relay: Rela
 
 def test_cancel(instance: Instance, relay: Relay) -> None:
     relay.down()
-    prepare(instance, relay, retry_base_seconds=30).start()
+    prepare(instance, relay, RULES, retry_base_seconds=30).start()
     send(instance, make_mail("Cancel me", message_id="<cancel@client.test>"))
     row = wait_until(lambda: (r := rows(instance)) and r[0].attempts >= 1 and r[0])
     assert "cancelled" in instance.cli("outbox", "cancel", str(row.id)).stdout
@@ -355,7 +277,7 @@ def test_outbox_runs_alone(instance: Instance, relay: Relay, tmp_path: Path) -> 
 
     from helpers import ROOT
 
-    prepare(instance, relay).start()
+    prepare(instance, relay, RULES).start()
     instance.cli("outbox", "pause")
     send(instance, make_mail("Queued elsewhere", message_id="<alone@client.test>"))
     instance.stop()

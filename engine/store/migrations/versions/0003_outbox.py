@@ -1,4 +1,4 @@
-"""outbox: composed on first attempt, per-recipient index, suppressions, switches
+"""outbox: composed on first attempt, per-recipient index, suppressions, switches, flags
 
 Revision ID: 0003
 Revises: 0002
@@ -33,6 +33,9 @@ def upgrade() -> None:
         batch_op.create_foreign_key(batch_op.f("fk_outbox_archived_message_id_messages"),
                                     "messages", ["archived_message_id"], ["id"])
         batch_op.create_index("ix_outbox_auto_rcpt", ["account_id", "rcpt", "created_at"])
+    with op.batch_alter_table("threads", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("flagged", sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
     op.create_table(
         "suppressions",
         sa.Column("address", sa.String(length=320), nullable=False),
@@ -52,6 +55,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("threads", schema=None) as batch_op:
+        batch_op.drop_column("flagged")
     op.drop_table("switches")
     op.drop_table("suppressions")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
