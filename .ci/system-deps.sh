@@ -12,6 +12,7 @@ case "$what" in
     command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
     [ -x /usr/sbin/postfix ] || missing="$missing postfix"
     [ -x /usr/sbin/dovecot ] || missing="$missing dovecot-imapd"
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
     if ! "$2" -c "import test.test_email" 2>/dev/null; then
       ver=$("$2" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
       missing="$missing libpython$ver-testsuite"
