@@ -22,6 +22,7 @@ from engine.bouncing import BounceOutcome, bounce_address, handle_report
 from engine.decisions import RulesContext, decision_columns
 from engine.mime import ParsedMessage, parse_message
 from engine.outbox import Planned, plan_automatic
+from engine.reasons import DEFAULT_RESOURCE, reason_for
 from engine.store.models import (
     Attachment,
     Blob,
@@ -358,7 +359,7 @@ def _store_attachments(conn: Connection, items: list[tuple[int, ParsedMessage]])
 def _history(conn: Connection,
              items: list[tuple[int, int | None, Envelope, str, dict[str, Any]]]) -> None:
     rows = [{"message_id": pk, "thread_id": thread_id, "account_id": env.recipients[0][0],
-             "action": action, "resource": "system", "reason_code": None,
+             "action": action, "resource": DEFAULT_RESOURCE, "reason_code": reason_for(action),
              "detail": {**detail, "protocol": env.protocol}, "created_at": env.received_at}
             for pk, thread_id, env, action, detail in items]
     insert_many(conn, History.__table__, rows)

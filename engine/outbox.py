@@ -25,6 +25,7 @@ from sqlalchemy import Connection, func, select, update
 
 from engine.autoresponse import is_out_of_office, suppression_reason
 from engine.mime import ParsedMessage
+from engine.reasons import DEFAULT_RESOURCE, reason_for
 from engine.store.models import History, Outbox, OutboxState, Suppression, Switch
 from rules.evaluate import Decision
 
@@ -60,7 +61,9 @@ def plan_automatic(decision: Decision | None, parsed: ParsedMessage, envelope_se
     that could not be sent leaves the message for an agent (queued). An out-of-office reply
     is never answered and never opens a case: it is settled (resolved) in its thread.
     """
-    ooo = is_out_of_office(parsed)
+    # an out-of-office reply the rules left for a queue is settled instead (deleted,
+    # redirected... stay as the rules said)
+    ooo = (decision is None or decision.state == "queued") and is_out_of_office(parsed)
     if decision is None:
         return Planned([], [("out-of-office", {})] if ooo else [], "resolved" if ooo else None)
     rows: list[dict[str, Any]] = []
@@ -152,13 +155,13 @@ def finish(conn: Connection, pk: int, state: str, *, error: str | None = None,
 
 
 def record(conn: Connection, pk: int, action: str, detail: dict[str, Any],
-           reason_code: str | None = None) -> None:
-    """An interaction history row for an outbox row, by the default resource."""
+           resource: str = DEFAULT_RESOURCE) -> None:
+    """An interaction history row for an outbox row, with its seeded reason code."""
     row = conn.execute(select(Outbox.cause_message_id, Outbox.thread_id, Outbox.account_id,
                               Outbox.kind).where(Outbox.id == pk)).one()
     conn.execute(History.__table__.insert().values(
         message_id=row.cause_message_id, thread_id=row.thread_id, account_id=row.account_id,
-        action=action, resource="system", reason_code=reason_code,
+        action=action, resource=resource, reason_code=reason_for(action, row.kind),
         detail={"outbox": pk, "kind": row.kind, **detail}, created_at=datetime.now(UTC)))
 
 

@@ -296,8 +296,7 @@ class OutboxWorker:
                     columns["state"] = "queued"
                 conn.execute(update(Message).where(Message.id == cause).values(**columns))
             finish(conn, job.pk, OutboxState.SENT.value)
-            record(conn, job.pk, "redirected", {"from": job.account.name, "to": target},
-                   reason_code="auto-redirect")
+            record(conn, job.pk, "redirected", {"from": job.account.name, "to": target})
         self.stats.sent += 1
 
     def _decide_again(self, conn: Any, message_pk: int) -> Any:
@@ -385,7 +384,7 @@ class OutboxWorker:
             conn.execute(update(Outbox).where(Outbox.id == job.pk)
                          .values(archived_message_id=pk))
             record(conn, job.pk, "sent", {"to": job.rcpt, "message_id": job.message_id,
-                                          "attempts": job.attempts}, reason_code=job.kind)
+                                          "attempts": job.attempts})
         self.stats.sent += 1
 
     def _retry(self, job: Job, error: str) -> None:

@@ -114,7 +114,7 @@ def _move(ctx: click.Context, ids: tuple[int, ...], allowed: tuple[OutboxState, 
                 Outbox.id == pk, Outbox.state.in_([s.value for s in allowed]))
                 .values(state=to.value, next_attempt_at=now)).rowcount
             if done:
-                record(conn, pk, action, {"by": "admin"}, reason_code="admin")
+                record(conn, pk, action, {}, resource="admin")
             click.echo(f"outbox {pk}: {to.value if done else 'unchanged (state does not allow)'}")
 
 

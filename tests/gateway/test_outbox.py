@@ -74,7 +74,7 @@ def test_auto_acknowledgement_is_composed_sent_once_and_archived(instance: Insta
     assert archived.raw == got.raw and archived.tag_reference
     [sent] = history(instance, "sent")
     assert (sent.resource, sent.reason_code, sent.message_id) == (
-        "system", "auto-acknowledge", inbound.id)
+        "system", "AUTO_ACKNOWLEDGED", inbound.id)
     listed = instance.cli_json("outbox", "list")
     assert listed[0]["state"] == "sent" and listed[0]["rcpt"] == "customer@client.test"
     time.sleep(1)

@@ -106,8 +106,10 @@ def test_auto_delete_stores_as_deleted_with_history_never_queued(ruled: Instance
     msg = stored(ruled, "<r-ooo@c>")
     assert msg.state == "deleted" and msg.deleted_at is not None and msg.route_group is None
     with ruled.engine.connect() as conn:
-        actions = conn.scalars(select(History.action).where(History.message_id == msg.id)).all()
-    assert actions == ["received", "auto-delete"]
+        rows = conn.execute(select(History.action, History.resource, History.reason_code)
+                            .where(History.message_id == msg.id)).all()
+    assert [tuple(r) for r in rows] == [("received", "system", "RECEIVED"),
+                                        ("auto-delete", "system", "AUTO_DELETED")]
     queued = ruled.cli_json("message", "list", "--state", "queued")
     assert msg.id not in [m["id"] for m in queued]
 
