@@ -235,6 +235,11 @@ class OutboxSettings(Strict):
     auto_window_hours: float = Field(24, gt=0)  # ...in this window (0 per sender: none)
     breaker_per_minute: int = Field(300, ge=1)  # automatic mails a minute that trip it
     bounce_local: str = Field("bounces", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # merge fields: defaults for the standard codes (CP_PARTY_NAME: "Customer"), and SQL
+    # merge fields, name -> query whose column aliases name the fields (engine.sqlfields)
+    merge_defaults: dict[str, str] = {}
+    sql_fields: dict[str, str] = {}
+    sql_timeout: float = Field(2.0, gt=0)
 
 
 class Settings(Strict):

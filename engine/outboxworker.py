@@ -47,8 +47,17 @@ from engine.outbox import (
     suppressed,
 )
 from engine.procedures import ProcedureRunner
+from engine.sqlfields import SqlMergeField, check_query, run_sql_field, sql_engine
 from engine.store.database import writer
-from engine.store.models import Account, Message, MessageAccount, Outbox, OutboxState, TagValue
+from engine.store.models import (
+    Account,
+    Message,
+    MessageAccount,
+    Outbox,
+    OutboxState,
+    TagValue,
+    TemplateSource,
+)
 from engine.tags import TagKeys, seal
 from engine.templates import Templates
 from rules.schema import RuleErrors, load_rules
@@ -102,7 +111,10 @@ class OutboxWorker:
         self.settings = settings
         self.engine = engine
         self.config = settings.outbox
-        self.templates = Templates(self.config.templates)
+        self.templates = Templates(self.template_source)
+        self.sql_fields = [SqlMergeField(name, sql, self.config.sql_timeout)
+                           for name, sql in self.config.sql_fields.items()]
+        self._sql_engine: Engine | None = None
         self.keys: TagKeys | None = tag_keys(settings)
         self.stats = OutboxStats()
         with engine.connect() as conn:
@@ -230,9 +242,10 @@ class OutboxWorker:
             marker, tag = self._tag(job)
             context = merge_context(
                 account=job.account, inbound=InboundFields.from_parsed(inbound, cause.received_at),
-                ack=AckInfo(reference=str(job.extra["cause"]), tag=marker or ""), now=now)
+                ack=AckInfo(reference=str(job.extra["cause"]), tag=marker or ""), now=now,
+                defaults=self.config.merge_defaults)
             try:
-                rendered = self.templates.render(self._template_name(job), context)
+                rendered = self._render(self._template_name(job), context)
             except TemplateError as exc:
                 raise Permanent(f"template {job.extra['template']!r}: {exc}") from None
             made = compose.answer(account=job.account, inbound=inbound, rcpt=job.rcpt,
@@ -311,12 +324,36 @@ class OutboxWorker:
             ruleset.procedure_timeout_ms), self.keys)
         return redecide(context, conn, message_pk)
 
+    def template_source(self, name: str) -> str | None:
+        """A template by name: the database first, then the templates directory."""
+        with self.engine.connect() as conn:
+            stored = conn.execute(select(TemplateSource.source).where(
+                TemplateSource.name == name)).scalar_one_or_none()
+        if stored is not None:
+            return str(stored)
+        path = self.config.templates / name
+        inside = path.resolve().is_relative_to(self.config.templates.resolve())
+        return path.read_text(encoding="utf-8") if inside and path.is_file() else None
+
     def _template_name(self, job: Job) -> str:
         name = str(job.extra["template"])
         for candidate in (name, f"{name}.txt", f"{name}.html"):
-            if (self.config.templates / candidate).is_file():
+            if self.template_source(candidate) is not None:
                 return candidate
-        raise Permanent(f"no template {name!r} in {self.config.templates}")
+        raise Permanent(f"no template {name!r} (database or {self.config.templates})")
+
+    def _render(self, name: str, context: dict[str, str]) -> Any:
+        """Render with the SQL merge fields the template uses (run read-only, time-limited)."""
+        wanted = self.templates.fields(name)
+        used = wanted.required | wanted.optional | wanted.unknown
+        extra: dict[str, str] = {}
+        for field_ in self.sql_fields:
+            if used & set(check_query(field_.sql).aliases.values()):
+                if self._sql_engine is None:
+                    self._sql_engine = sql_engine(self.settings.database_url)
+                extra |= run_sql_field(self._sql_engine, field_, context)
+        return self.templates.render(name, context, custom=extra,
+                                     provided=frozenset(extra))
 
     def _tag(self, job: Job) -> tuple[str | None, Any]:
         if self.keys is None:

@@ -25,6 +25,7 @@ from gateway.imap_cli import import_, poll, status
 from gateway.outbox_cli import outbox as outbox_cmd
 from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
+from gateway.template_cli import template as template_cmd
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "engine" / "defaults"
 RULES_EXAMPLE = Path(__file__).resolve().parent.parent / "rules.example.yaml"
@@ -302,6 +303,7 @@ main.add_command(poll)
 main.add_command(status)
 main.add_command(import_)
 main.add_command(outbox_cmd)
+main.add_command(template_cmd)
 
 if __name__ == "__main__":
     main()

@@ -325,10 +325,15 @@ class PollerSet:
         results = await asyncio.gather(*(p.run(once=True) for p in self.pollers))
         return all(results)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Let each poller finish its batch and log out; cancel what still hangs (a server
+        that stopped answering) after ``grace`` seconds."""
         for poller in self.pollers:
             poller.stop()
         if self._tasks:
+            _, hanging = await asyncio.wait(self._tasks, timeout=grace)
+            for task in hanging:
+                task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def health(self) -> list[dict[str, Any]]:

@@ -289,3 +289,26 @@ def test_outbox_runs_alone(instance: Instance, relay: Relay, tmp_path: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_templates_from_the_database_with_seed_markers_and_sql_merge_fields(
+        instance: Instance, relay: Relay, tmp_path: Path) -> None:
+    sql = '"SELECT upper(name) AS DESK FROM accounts WHERE name = :ACCT_NAME"'
+    prepare(instance, relay, RULES, sql_fields=f"{{desk: {sql}}}").start()
+    seed = tmp_path / "ack.txt"
+    seed.write_text("Hello ((*CP_PARTY_NAME*)), the ((*DESK*)) desk has it. "
+                    "Tracking: ((?TRACKING?)). {{ not code }}\n")
+    out = instance.cli("template", "import", str(seed), "--seed").stdout
+    assert "stored text template ack.txt" in out and "optional: TRACKING" in out
+    needy = tmp_path / "needy.txt"
+    needy.write_text("Refund of ((*REFUND_AMOUNT*)) approved.\n")
+    instance.cli("template", "import", str(needy), "--seed", "--name", "nowhere.txt")
+    assert [t["name"] for t in instance.cli_json("template", "list")] == ["ack.txt",
+                                                                          "nowhere.txt"]
+    send(instance, make_mail("Stored template", message_id="<db-tpl@client.test>"))
+    [got] = relay.wait_for(1)
+    assert got.message.get_content().startswith(
+        "Hello Customer, the SUPPORT desk has it. Tracking: . {{ not code }}\r\n")
+    send(instance, make_mail("broken promise", message_id="<needy@client.test>"))
+    row = wait_until(lambda: (r := rows(instance)) and r[-1].state == "failed" and r[-1])
+    assert "REFUND_AMOUNT" in row.last_error  # never a blank in a customer's mail
