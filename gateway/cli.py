@@ -75,6 +75,7 @@ def init(instance: str) -> None:
     shutil.copyfile(DEFAULTS / "postdesk.yaml", config)
     if RULES_EXAMPLE.exists():
         shutil.copyfile(RULES_EXAMPLE, target / "rules.yaml")
+    shutil.copytree(DEFAULTS / "templates", target / "templates", dirs_exist_ok=True)
     key_file = target / "tag-key-k1.secret"
     key_file.touch(mode=0o600)
     key_file.write_text(generate_secret() + "\n")

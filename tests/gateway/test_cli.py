@@ -27,6 +27,31 @@ def test_init_creates_a_working_instance_once(tmp_path: Path) -> None:
     assert "already initialised" in again.stdout and "password" not in again.stdout
 
 
+def test_init_ships_a_template_for_every_template_the_example_rules_name(tmp_path: Path) -> None:
+    import re
+    from datetime import UTC, datetime
+
+    from engine.config import load_settings
+    from engine.mergefields import InboundFields, merge_context
+    from engine.mime import parse_message
+    from engine.templates import Templates
+
+    target = tmp_path / "var"
+    subprocess.run([*POSTDESK, "init", "--instance", str(target)], cwd=tmp_path,
+                   capture_output=True, text=True, timeout=120, check=True)
+    names = re.findall(r"^\s+template: ([\w-]+)", (target / "rules.yaml").read_text(), re.M)
+    assert names
+    settings = load_settings(target / "postdesk.yaml")
+    templates = Templates(settings.outbox.templates)
+    now = datetime.now(UTC)
+    inbound = InboundFields.from_parsed(parse_message(make_mail("Invoice 12"), now), now)
+    context = merge_context(account=settings.accounts[0], inbound=inbound, now=now)
+    for name in names:
+        [file] = [p.name for p in settings.outbox.templates.glob(f"{name}.*")]
+        rendered = templates.render(file, context)
+        assert "Invoice 12" in rendered.text or "customer@client.test" in rendered.text
+
+
 def test_message_list_and_show_json(gateway: Instance) -> None:
     import smtplib
 
