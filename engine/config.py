@@ -233,6 +233,7 @@ class OutboxSettings(Strict):
     batch: int = Field(20, ge=1)
     auto_per_sender: int = Field(1, ge=0)  # automatic mails per sender and account...
     auto_window_hours: float = Field(24, gt=0)  # ...in this window (0 per sender: none)
+    auto_limits: dict[str, int] = {}  # per address or @domain: automatic mails per window
     breaker_per_minute: int = Field(300, ge=1)  # automatic mails a minute that trip it
     bounce_local: str = Field("bounces", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # merge fields: defaults for the standard codes (CP_PARTY_NAME: "Customer"), and SQL

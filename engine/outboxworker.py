@@ -222,13 +222,25 @@ class OutboxWorker:
             if mark is not None:
                 return f"suppressed: {mark.reason}"
             if job.kind in ("auto-acknowledge", "auto-reply"):
-                window = timedelta(hours=self.config.auto_window_hours)
+                allowed, hours = self._limit(job)
                 recent = automatic_sent_since(conn, job.account_id, job.rcpt,
-                                              datetime.now(UTC) - window, job.pk)
-                if recent >= self.config.auto_per_sender:
+                                              datetime.now(UTC) - timedelta(hours=hours), job.pk)
+                if recent >= allowed:
                     return (f"rate-limit: {recent} automatic mail(s) to {job.rcpt} in "
-                            f"{self.config.auto_window_hours:g} h")
+                            f"{hours:g} h (at most {allowed})")
         return None
+
+    def _limit(self, job: Job) -> tuple[int, float]:
+        """Automatic mails allowed to ``job.rcpt`` and in how many hours: the address's
+        (or its @domain's) limit, else the rule's own, else the outbox default."""
+        rule = self._action(job).get("limit") or {}
+        hours = float(rule.get("window_hours", self.config.auto_window_hours))
+        limits = {k.lower(): v for k, v in self.config.auto_limits.items()}
+        domain = "@" + job.rcpt.rpartition("@")[2]
+        for key in (job.rcpt, domain):
+            if key in limits:
+                return limits[key], hours
+        return int(rule.get("per_sender", self.config.auto_per_sender)), hours
 
     def _compose(self, job: Job) -> None:
         """Build the message once and store it: every attempt sends these bytes."""

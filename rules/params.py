@@ -34,7 +34,16 @@ class ParamReaders:
 
     def params_auto_acknowledge(self, raw: dict[str, Any], node: yaml.Node,
                                 path: str) -> dict[str, Any]:
-        return {"template": self.text(raw.get("template"), f"{path}.template", node)}
+        params: dict[str, Any] = {
+            "template": self.text(raw.get("template"), f"{path}.template", node)}
+        if "limit" in raw:  # this rule's own rate limit per sender (else the outbox's)
+            spec = self.mapping(raw["limit"], f"{path}.limit", ("per_sender", "window_hours"))
+            limit = {k: self.scalar(v, f"{path}.limit.{k}") for k, v in spec.items()}
+            for key, value in limit.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    self.fail(spec[key], f"{path}.limit.{key}", "expected a number >= 0")
+            params["limit"] = limit
+        return params
 
     params_auto_reply = params_auto_acknowledge
 

@@ -28,8 +28,8 @@ RULE_TYPES = ("reject", "classification", "auto-delete", "auto-acknowledge", "au
 COMMON_KEYS = ("name", "type", "accounts", "priority", "when", "enabled", "description")
 TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "reject": ("message",), "classification": ("classification",), "auto-delete": (),
-    "auto-acknowledge": ("template",), "auto-process": ("service_request", "procedure"),
-    "auto-redirect": ("to", "mode"), "auto-reply": ("template",),
+    "auto-acknowledge": ("template", "limit"), "auto-process": ("service_request", "procedure"),
+    "auto-redirect": ("to", "mode"), "auto-reply": ("template", "limit"),
     "document-retrieval": ("documents",), "routing": ("route",),
 }
 TOP_KEYS = ("version", "rules", "parsers", "custom_tags", "procedure_timeout_ms")

@@ -312,3 +312,20 @@ def test_templates_from_the_database_with_seed_markers_and_sql_merge_fields(
     send(instance, make_mail("broken promise", message_id="<needy@client.test>"))
     row = wait_until(lambda: (r := rows(instance)) and r[-1].state == "failed" and r[-1])
     assert "REFUND_AMOUNT" in row.last_error  # never a blank in a customer's mail
+
+
+def test_rate_limits_per_rule_and_per_address(instance: Instance, relay: Relay) -> None:
+    rules = ("version: 1\nrules:\n  - name: ack-twice\n    type: auto-acknowledge\n"
+             "    template: ack\n    limit: {per_sender: 2, window_hours: 1}\n")
+    prepare(instance, relay, rules, auto_per_sender=1,
+            auto_limits='{"vip@client.test": 0}').start()
+    for i in range(3):
+        send(instance, make_mail(f"Again {i}", message_id=f"<again-{i}@client.test>"))
+        wait_until(lambda i=i: (r := rows(instance)) and len(r) == i + 1
+                   and r[i].state in ("sent", "skipped"))
+    send(instance, make_mail("VIP", sender="vip@client.test", message_id="<vip@client.test>"),
+         sender="vip@client.test")
+    wait_until(lambda: (r := rows(instance)) and len(r) == 4 and r[3].state == "skipped")
+    assert [r.state for r in rows(instance)] == ["sent", "sent", "skipped", "skipped"]
+    assert "at most 2" in rows(instance)[2].last_error
+    assert "at most 0" in rows(instance)[3].last_error
