@@ -329,3 +329,23 @@ def test_rate_limits_per_rule_and_per_address(instance: Instance, relay: Relay) 
     assert [r.state for r in rows(instance)] == ["sent", "sent", "skipped", "skipped"]
     assert "at most 2" in rows(instance)[2].last_error
     assert "at most 0" in rows(instance)[3].last_error
+
+
+def test_relay_with_starttls_and_auth(instance: Instance, tmp_path: Path) -> None:
+    from test_starttls import self_signed
+
+    cert, key = self_signed(tmp_path)
+    secure = Relay(tls=(cert, key), login=("desk", "s3cret")).up()
+    try:
+        prepare(instance, secure, "version: 1\nrules:\n  - {name: ack, type: auto-acknowledge,"
+                " template: ack}\n")
+        config = instance.config.read_text().replace(
+            "tls: none, timeout: 5}", f"tls: starttls, ca_file: {cert}, user: desk, "
+            "password: {env: RELAY_PASSWORD}, timeout: 5}")
+        instance.config.write_text(config)
+        instance.start(env={"RELAY_PASSWORD": "s3cret"})
+        send(instance, make_mail("Over TLS", message_id="<tls@client.test>"))
+        [got] = secure.wait_for(1)
+        assert got.encrypted and got.authenticated
+    finally:
+        secure.down()
