@@ -246,10 +246,11 @@ async def test_server_killed_mid_batch_and_new_uidvalidity_lose_and_duplicate_no
         poller.stop()
         await asyncio.wait_for(task, 15)
         ids = stored_ids(engine)
-        assert len(ids) == 600 and set(ids.values()) == {1}
+        assert len(ids) == 600 and set(ids.values()) == {1}, poller.health
         # a server killed inside UID MOVE may have copied a batch without expunging it from
         # the INBOX: that batch is moved again (stored once), so Processed may hold it twice
-        assert set(server.message_ids(user, "Processed")) == set(ids)
-        assert poller.health.reconnects >= 1 and poller.health.uidvalidity_changes == 1
+        assert set(server.message_ids(user, "Processed")) == set(ids), poller.health
+        assert poller.health.reconnects >= 1, poller.health
+        assert poller.health.uidvalidity_changes == 1, poller.health
     finally:
         server.close()
