@@ -104,14 +104,23 @@ def dsn_for(verp: str, failed: str) -> bytes:
     return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
 
 
-def test_a_delivery_report_marks_the_exact_mail_failed_and_suppresses_the_address(
-        instance: Instance, relay: Relay) -> None:
+def acknowledged(instance: Instance, relay: Relay, message_id: str) -> str:
+    """Start, get one mail acknowledged, return the acknowledgement's return path."""
     prepare(instance, relay, ACK_ALL).start()
-    send(instance, make_mail("Order 7", message_id="<b-1@client.test>"))
+    send(instance, make_mail("Order 7", message_id=message_id))
     [ack] = relay.wait_for(1)
     wait_until(lambda: rows(instance)[0].state == "sent")
+    return ack.mail_from
+
+
+def report_to(instance: Instance, return_path: str) -> None:
     with smtplib.SMTP("127.0.0.1", instance.smtp, timeout=30) as client:
-        client.sendmail("<>", [ack.mail_from], dsn_for(ack.mail_from, "customer@client.test"))
+        client.sendmail("<>", [return_path], dsn_for(return_path, "customer@client.test"))
+
+
+def test_a_delivery_report_marks_the_exact_mail_failed_and_suppresses_the_address(
+        instance: Instance, relay: Relay) -> None:
+    report_to(instance, acknowledged(instance, relay, "<b-1@client.test>"))
     row = wait_until(lambda: (r := rows(instance)[0]).state == "failed" and r)
     assert row.status == "5.1.1" and row.last_error.startswith("bounced: 5.1.1")
     report = next(m for m in instance.messages() if m.subject.startswith("Undelivered"))
@@ -130,14 +139,8 @@ def test_a_delivery_report_marks_the_exact_mail_failed_and_suppresses_the_addres
 
 def test_a_report_with_a_forged_return_path_is_kept_but_trusted_for_nothing(
         instance: Instance, relay: Relay) -> None:
-    prepare(instance, relay, ACK_ALL).start()
-    send(instance, make_mail("Order 9", message_id="<f-1@client.test>"))
-    [ack] = relay.wait_for(1)
-    wait_until(lambda: rows(instance)[0].state == "sent")
-    local, _, domain = ack.mail_from.partition("@")
-    forged = f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}"
-    with smtplib.SMTP("127.0.0.1", instance.smtp, timeout=30) as client:
-        client.sendmail("<>", [forged], dsn_for(forged, "customer@client.test"))
+    local, _, domain = acknowledged(instance, relay, "<f-1@client.test>").partition("@")
+    report_to(instance, f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}")
     wait_until(lambda: history(instance, "untrusted-bounce"))
     report = next(m for m in instance.messages() if m.subject.startswith("Undelivered"))
     assert report.state == "bounce"
