@@ -10,8 +10,9 @@ it, else sleeps PollingInterval.
 
 Safety comes from the INBOX itself: it holds exactly the messages not yet moved, and the
 intake recognises a message it already stored (Message-ID + body hash), so a crash between
-commit and move only means the next round moves it without storing it again. No UID state
-needs to survive a restart, and a UIDVALIDITY change merely resets what this session knew.
+commit and move only means the next round fetches it again, is told it is a duplicate and
+moves it. No UID is trusted beyond the session that fetched it (nothing needs to survive a
+restart), and a UIDVALIDITY change merely resets the per-message failure counts.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class _Batch:
 
     fetch: list[list[int]] = field(default_factory=list)
     too_big: list[int] = field(default_factory=list)
-    stored: list[int] = field(default_factory=list)  # committed earlier, move failed
 
 
 class MailboxPoller:
@@ -72,7 +72,6 @@ class MailboxPoller:
         self.use_idle = True  # False: poll every interval even if IDLE is offered
         self._stopping = asyncio.Event()
         self._attempts: dict[int, int] = {}  # uid → store failures, this UIDVALIDITY
-        self._stored: set[int] = set()  # committed, not yet moved, this UIDVALIDITY
         self._uidvalidity: int | None = None
         self._healthy = False
 
@@ -145,7 +144,6 @@ class MailboxPoller:
                         self.spec.key, self._uidvalidity, value)
             self.health.uidvalidity_changes += 1
             self._attempts.clear()
-            self._stored.clear()
         self._uidvalidity = self.health.uidvalidity = value
 
     async def _wait(self, conn: ImapConnection) -> None:
@@ -184,17 +182,13 @@ class MailboxPoller:
                 break
             plan = self._plan(await conn.fetch_sizes(uids[start:start + LIST_CHUNK]))
             await self._to_retry(conn, plan.too_big, TOO_BIG)
-            if plan.stored:
-                await self._move(conn, plan.stored)
             fetched += await self._fetch_and_store(conn, plan.fetch)
         return fetched
 
     def _plan(self, sizes: dict[int, int]) -> _Batch:
         plan, count, volume = _Batch(), BATCH_COUNT, 0
         for uid, size in sorted(sizes.items()):
-            if uid in self._stored:
-                plan.stored.append(uid)
-            elif size > self.spec.max_size:
+            if size > self.spec.max_size:
                 log.warning("imap %s: UID %d has %d bytes (limit %d): to %s", self.spec.key,
                             uid, size, self.spec.max_size, self.spec.retry_folder)
                 plan.too_big.append(uid)
@@ -261,7 +255,6 @@ class MailboxPoller:
         for uid in refused:
             log.info("imap %s: UID %d refused by rule %s: to %s", self.spec.key, uid,
                      outcomes[uid].rule, self.spec.retry_folder)
-        self._stored.update(done)
         if done:
             await self._move(conn, done)
         await self._to_retry(conn, refused, REJECTED)
@@ -278,7 +271,6 @@ class MailboxPoller:
 
     async def _move(self, conn: ImapConnection, uids: list[int]) -> None:
         await conn.move(uids, self.spec.processed_folder, use_move=self.use_move)
-        self._stored.difference_update(uids)
 
     async def _to_retry(self, conn: ImapConnection, uids: list[int], why: str) -> None:
         if uids:

@@ -121,7 +121,9 @@ class Dovecot:
         try:
             status, data = conn.status(f'"{mailbox}"', "(MESSAGES)")
             if status != "OK":
-                return 0
+                if b"NONEXISTENT" in data[0]:
+                    return 0
+                raise RuntimeError(f"STATUS {mailbox}: {data}")  # never a silent 0
             return int(data[0].decode().rsplit("MESSAGES", 1)[1].strip(" )"))
         finally:
             conn.logout()

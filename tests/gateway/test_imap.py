@@ -8,6 +8,7 @@ this process over the real intake (writer thread, SQLite). Process-level behavio
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -60,9 +61,16 @@ def stored_ids(engine: Engine) -> dict[str, int]:
         return dict(rows.all())
 
 
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except (OSError, RuntimeError, imaplib.IMAP4.error):  # e.g. the server is restarting
+        return False
+
+
 async def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while not _holds(check):
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.05)
@@ -242,7 +250,8 @@ async def test_server_killed_mid_batch_and_new_uidvalidity_lose_and_duplicate_no
             index.unlink(missing_ok=True)  # the mailbox is rebuilt: a new UIDVALIDITY
         await asyncio.sleep(0.3)  # down for a moment: the poller backs off and retries
         await loop.run_in_executor(None, server.start)
-        await wait_until(lambda: server.count(user, "INBOX") == 0, 60)
+        await wait_until(lambda: server.count(user, "INBOX") == 0
+                         and len(stored_ids(engine)) == 600, 60)
         poller.stop()
         await asyncio.wait_for(task, 15)
         ids = stored_ids(engine)

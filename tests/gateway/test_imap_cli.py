@@ -3,6 +3,7 @@ pollers and /healthz, ``postdesk status --json``, and the configuration of polle
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import signal
@@ -65,9 +66,16 @@ def count(instance: Instance) -> tuple[int, int]:
                             ).one()
 
 
+def _holds(check: Callable[[], bool]) -> bool:
+    try:
+        return check()
+    except (OSError, RuntimeError, imaplib.IMAP4.error):
+        return False
+
+
 def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while not _holds(check):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what or check}")
         time.sleep(0.02)
