@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,6 +112,7 @@ class OutboxWorker:
         self.settings = settings
         self.engine = engine
         self.config = settings.outbox
+        self._sources: dict[str, tuple[float, str | None]] = {}
         self.templates = Templates(self.template_source)
         self.sql_fields = [SqlMergeField(name, sql, self.config.sql_timeout)
                            for name, sql in self.config.sql_fields.items()]
@@ -148,7 +150,11 @@ class OutboxWorker:
     async def step(self) -> int:
         """One round: claim due rows and handle each; returns how many were handled."""
         jobs = await asyncio.to_thread(self._claim)
+        fresh = [j for j in jobs if j.raw is None and j.kind != "redirect-account"]
+        ready = set(map(id, await asyncio.to_thread(self._prepare, fresh))) if fresh else set()
         for job in jobs:
+            if job.raw is None and job.kind != "redirect-account" and id(job) not in ready:
+                continue  # skipped or failed while preparing
             try:
                 await self._handle(job)
             except Exception as exc:  # a bug or a database hiccup: the row is retried
@@ -194,12 +200,6 @@ class OutboxWorker:
             await asyncio.to_thread(self._redirect_internal, job)
             return
         try:
-            if job.raw is None:
-                skip = await asyncio.to_thread(self._policy, job)
-                if skip is not None:
-                    await asyncio.to_thread(self._skip, job, skip)
-                    return
-                await asyncio.to_thread(self._compose, job)
             await self._send(job)
         except Transient as exc:
             await asyncio.to_thread(self._retry, job, str(exc))
@@ -276,14 +276,47 @@ class OutboxWorker:
             tag = None
         job.raw, job.message_id, job.rcpt_to = made.raw, made.message_id, [job.rcpt]
         job.mail_from = self._return_path(job)
+        job.extra["sealed"] = tag  # stored with the row by ``_prepare``
+
+    def _prepare(self, jobs: list[Job]) -> list[Job]:
+        """Policy and composition for the round's new rows, stored in ONE transaction (one
+        fsync for the round); returns the rows ready to send."""
+        ready, skipped, failed = [], [], []
+        for job in jobs:
+            try:
+                reason = self._policy(job)
+                if reason is not None:
+                    skipped.append((job, reason))
+                    continue
+                self._compose(job)
+                ready.append(job)
+            except Permanent as exc:
+                failed.append((job, str(exc)))
+            except Exception as exc:  # a bug or a database hiccup: this row is retried
+                log.exception("outbox %d: unexpected error while composing", job.pk)
+                self._retry(job, f"{type(exc).__name__}: {exc}")
+        now = datetime.now(UTC)
         with writer(self.engine).begin() as conn:
-            if tag is not None:
-                conn.execute(TagValue.__table__.insert().values(
-                    reference=tag.reference, blob=tag.blob, created_at=now))
-            conn.execute(update(Outbox).where(Outbox.id == job.pk).values(
-                raw=job.raw, message_id_header=job.message_id, mail_from=job.mail_from,
-                rcpt_to=job.rcpt_to))
-            job.extra["tag"] = tag.reference if tag is not None else None
+            for job in ready:
+                tag = job.extra.pop("sealed", None)
+                if tag is not None:
+                    conn.execute(TagValue.__table__.insert().values(
+                        reference=tag.reference, blob=tag.blob, created_at=now))
+                job.extra["tag"] = tag.reference if tag is not None else None
+                conn.execute(update(Outbox).where(Outbox.id == job.pk).values(
+                    raw=job.raw, message_id_header=job.message_id, mail_from=job.mail_from,
+                    rcpt_to=job.rcpt_to))
+            for job, reason in skipped:
+                finish(conn, job.pk, OutboxState.SKIPPED.value, error=reason)
+                record(conn, job.pk, "auto-skipped", {"reason": reason})
+            for job, error in failed:
+                finish(conn, job.pk, OutboxState.FAILED.value, error=error)
+                record(conn, job.pk, "send-failed", {"error": error})
+        self.stats.skipped += len(skipped)
+        self.stats.failed += len(failed)
+        for job, error in failed:
+            log.error("outbox %d failed: %s", job.pk, error)
+        return ready
 
     def _action(self, job: Job) -> dict[str, Any]:
         """The rule action that made the row, from the cause message's decision."""
@@ -337,7 +370,17 @@ class OutboxWorker:
         return redecide(context, conn, message_pk)
 
     def template_source(self, name: str) -> str | None:
-        """A template by name: the database first, then the templates directory."""
+        """A template by name: the database first, then the templates directory (looked up
+        at most once a second: a round of mails asks for the same few many times)."""
+        now = time.monotonic()
+        cached = self._sources.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        source = self._load_source(name)
+        self._sources[name] = (now + 1.0, source)
+        return source
+
+    def _load_source(self, name: str) -> str | None:
         with self.engine.connect() as conn:
             stored = conn.execute(select(TemplateSource.source).where(
                 TemplateSource.name == name)).scalar_one_or_none()
@@ -464,12 +507,6 @@ class OutboxWorker:
         self.stats.failed += 1
         self.stats.last_error = error
         log.error("outbox %d failed: %s", job.pk, error)
-
-    def _skip(self, job: Job, reason: str) -> None:
-        with writer(self.engine).begin() as conn:
-            finish(conn, job.pk, OutboxState.SKIPPED.value, error=reason)
-            record(conn, job.pk, "auto-skipped", {"reason": reason})
-        self.stats.skipped += 1
 
 
 def _columns(values: dict[str, Any]) -> dict[str, Any]:

@@ -181,22 +181,30 @@ class Templates:
                   else jinja2.FileSystemLoader(str(source)))
         autoescape = jinja2.select_autoescape(HTML_SUFFIXES, default_for_string=False)
         self.env = _environment(loader, autoescape)
+        self._fields: dict[tuple[str, frozenset[str]],
+                           tuple[tuple[tuple[str, str], ...], TemplateFields]] = {}
 
     def fields(self, name: str, provided: frozenset[str] = frozenset()) -> TemplateFields:
-        """Fields of ``name`` and the templates it includes, imports or extends."""
+        """Fields of ``name`` and the templates it includes, imports or extends (parsed again
+        only when one of those sources changed)."""
+        known = self._fields.get((name, provided))
+        if known is not None and all(self._source(n) == text for n, text in known[0]):
+            return known[1]
         used: set[str] = set()
         guarded: set[str] = set()
-        todo, seen = [name], set()
+        todo, seen = [name], {}
         while todo:
             current = todo.pop()
             if current in seen:
                 continue
-            seen.add(current)
-            tree = _parse(self.env, self._source(current), current)
+            seen[current] = self._source(current)
+            tree = _parse(self.env, seen[current], current)
             used |= meta.find_undeclared_variables(tree)
             guarded |= _guarded(tree)
             todo += [ref for ref in meta.find_referenced_templates(tree) if ref is not None]
-        return _classify(used, guarded, provided)
+        result = _classify(used, guarded, provided)
+        self._fields[name, provided] = (tuple(seen.items()), result)
+        return result
 
     def render(self, name: str, context: Mapping[str, Any],
                custom: Mapping[str, Any] | None = None,
