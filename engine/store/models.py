@@ -143,6 +143,11 @@ class Message(Base):
               postgresql_where=text("tag_reference IS NOT NULL")),
         Index("ix_messages_attention", "id", sqlite_where=text("needs_attention"),
               postgresql_where=text("needs_attention")),
+        # the console's queues: counts per (account, classification) and "get next" read only
+        # the queued rows, oldest first within a priority
+        Index("ix_messages_queued", "account_id", "classification", "priority", "received_at",
+              sqlite_where=text("state = 'queued'"),
+              postgresql_where=text("state = 'queued'")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -185,6 +190,9 @@ class Message(Base):
     # the Local Message Store: exactly the bytes the client sent
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # higher first; then oldest received first (engine.queues.claim_next)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class MessageAccount(Base):
@@ -225,7 +233,8 @@ class History(Base):
     """Interaction history: one row per thing a person or the machine did."""
 
     __tablename__ = "history"
-    __table_args__ = (Index("ix_history_message_created", "message_id", "created_at"),)
+    __table_args__ = (Index("ix_history_message_created", "message_id", "created_at"),
+                      Index("ix_history_user_created", "user_id", "created_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
@@ -236,6 +245,8 @@ class History(Base):
     reason_code: Mapped[str | None] = mapped_column(String(60))
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # the console user who did it (None: the machine); resource keeps the display name
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class TagValue(Base):
@@ -265,9 +276,11 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     display_name: Mapped[str] = mapped_column(String(200), default="")
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)  # kept equal to role=admin
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    role: Mapped[str] = mapped_column(String(20), default="agent")
+    on_break: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Group(Base):
@@ -361,3 +374,37 @@ class TemplateSource(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)  # with suffix: ack.txt
     source: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Role(enum.StrEnum):
+    """Console roles, each including the one before: agent < supervisor < admin."""
+
+    AGENT = "agent"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+
+class UserAccount(Base):
+    """An account a user works: an agent sees only the accounts listed here."""
+
+    __tablename__ = "user_accounts"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True,
+                                            index=True)
+
+
+class QueueAccess(Base):
+    """A queue (account, classification) a user may pull from.
+
+    No row for a (user, account) means every queue of that account; once there is one, only
+    the listed classifications. ``classification == ""`` stands for unclassified messages.
+    """
+
+    __tablename__ = "queue_access"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    classification: Mapped[str] = mapped_column(String(100), primary_key=True)
