@@ -11,7 +11,7 @@ SQLAlchemy exactly as if it had written them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -30,10 +30,15 @@ class Compiled:
     order: tuple[str, ...] | None  # parameter order for positional drivers (qmark)
     processors: dict[str, Processor]  # by bind name; "keys_3" of an IN list uses "keys"
     literals: dict[str, Any]  # values fixed in the statement, e.g. the 1 of "count + 1"
+    # columns an INSERT's rows leave out: their Python-side defaults, as SQLAlchemy would
+    # apply them (a column added later does not break an insert that does not know it)
+    defaults: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
     def params(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.literals:
             values = self.literals | values
+        if self.defaults:
+            values = {n: make() for n, make in self.defaults.items() if n not in values} | values
         if self.order is not None:
             return [self._process(n, values[n]) for n in self.order]
         return {n: self._process(n, v) for n, v in values.items()}
@@ -45,13 +50,30 @@ class Compiled:
         return proc(value) if proc is not None and value is not None else value
 
 
-def _compiled(statement: Any, dialect: Dialect, **kw: Any) -> Compiled:
+def _compiled(statement: Any, dialect: Dialect, defaults: dict[str, Callable[[], Any]] | None
+              = None, **kw: Any) -> Compiled:
     comp = statement.compile(dialect=dialect, **kw)
     processors = {name: bind.type.bind_processor(dialect) for name, bind in comp.binds.items()}
     literals = {name: bind.value for name, bind in comp.binds.items()
                 if not bind.required and bind.value is not None and not bind.expanding}
     order = tuple(comp.positiontup) if dialect.positional else None
-    return Compiled(comp.string, order, processors, literals)
+    wanted = set(order) if order is not None else set(comp.binds)
+    return Compiled(comp.string, order, processors, literals,
+                    {k: f for k, f in (defaults or {}).items() if k in wanted})
+
+
+def _column_defaults(table: Table, keys: tuple[str, ...]) -> dict[str, Callable[[], Any]]:
+    """Python-side defaults of the columns ``keys`` leaves out (scalars and callables)."""
+    out: dict[str, Callable[[], Any]] = {}
+    for column in table.columns:
+        default = column.default
+        if column.key in keys or default is None:
+            continue
+        if default.is_scalar:
+            out[column.key] = lambda value=default.arg: value
+        elif default.is_callable:
+            out[column.key] = lambda make=default.arg: make(None)
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -63,7 +85,7 @@ def _insert(dialect: Dialect, table: Table, keys: tuple[str, ...], ignore: bool,
         stmt = stmt.on_conflict_do_nothing()
     if returning:
         stmt = stmt.returning(*table.primary_key.columns)
-    return _compiled(stmt, dialect, column_keys=list(keys))
+    return _compiled(stmt, dialect, _column_defaults(table, keys), column_keys=list(keys))
 
 
 def _cursor(conn: Connection) -> Any:
