@@ -18,6 +18,20 @@ SEEDED: dict[str, str] = {
     "DELIVERY_FAILED": "A mail we sent could not be delivered",
     "DELIVERY_REPORT": "A delivery report for a mail we sent",
     "ADMIN": "Changed by an administrator",
+    "AGENT_REPLY_SENT": "An agent's reply was handed to the relay",
+}
+
+# Wrap-up codes an agent picks when finishing a message (send, resolve, transfer, delete,
+# reroute); seeded into ``reason_codes`` with kind "wrap-up", admins may add more.
+WRAPUP: dict[str, str] = {
+    "RESOLVED_ANSWERED": "Answered the customer",
+    "RESOLVED_NO_ACTION": "Resolved: no reply needed",
+    "RESOLVED_OTHER_CHANNEL": "Resolved by phone or another channel",
+    "DUPLICATE": "Duplicate of another message",
+    "SPAM": "Spam, abuse or junk",
+    "TRANSFERRED": "Handed to a colleague or group",
+    "ESCALATED": "Escalated",
+    "WRONG_QUEUE": "Wrong account or classification",
 }
 
 _BY_ACTION = {
@@ -30,6 +44,7 @@ _BY_ACTION = {
     "out-of-office": "OUT_OF_OFFICE", "send-failed": "DELIVERY_FAILED",
     "delivery-report": "DELIVERY_REPORT", "untrusted-bounce": "DELIVERY_REPORT",
     "send-interrupted": "AUTO_WITHHELD", "retry": "ADMIN", "cancelled": "ADMIN",
+    "agent-reply": "AGENT_REPLY_SENT",
 }
 
 

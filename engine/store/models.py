@@ -408,3 +408,70 @@ class QueueAccess(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     classification: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+# --- the message component (console): wrap-up codes, work in progress, drafts, notes --------
+
+
+class ReasonCode(Base):
+    """Reason codes history rows name: the machine's seeded ones (``engine.reasons.SEEDED``)
+    and the wrap-up codes agents pick when they finish a message (``kind == "wrap-up"``)."""
+
+    __tablename__ = "reason_codes"
+
+    code: Mapped[str] = mapped_column(String(60), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(20), default="wrap-up")  # system | wrap-up
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class WorkSession(Base):
+    """A user has a message open: who is working it, since when (the wrap-up duration)."""
+
+    __tablename__ = "work_sessions"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Draft(Base):
+    """An agent's unsent reply to a message (one per message and user)."""
+
+    __tablename__ = "drafts"
+    __table_args__ = (Index("ix_drafts_message_user", "message_id", "user_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    body: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[bool] = mapped_column(Boolean, default=False)
+    # [{sha256, filename, content_type, size}]: contents are blobs, stored once
+    attachments: Mapped[list[dict]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Note(Base):
+    """An annotation on a message (``engine.notes.NOTE_TYPES``); never sent to the customer."""
+
+    __tablename__ = "notes"
+    __table_args__ = (Index("ix_notes_message_created", "message_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(20), default="general")
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SiteWord(Base):
+    """The site dictionary: company and product words the spell checker accepts."""
+
+    __tablename__ = "site_words"
+
+    word: Mapped[str] = mapped_column(String(100), primary_key=True)  # lower case
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
