@@ -1,18 +1,21 @@
 #!/bin/sh
 # Installs the Debian packages Postdesk's setup or tests need, when missing (root only).
 #   system-deps.sh venv        python3-venv, for a Python without the venv module
+#   system-deps.sh npm         npm, to fetch the console's htmx once
 #   system-deps.sh test PY     postfix, swaks, dovecot-imapd (test peers) and CPython's test
-#                              corpus for PY
+#                              corpus for PY; chromium for the console's browser test
 set -eu
 what=$1
 missing=""
 case "$what" in
   venv) missing="python3-venv" ;;
+  npm) command -v npm >/dev/null 2>&1 || missing="npm" ;;
   test)
     command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
     [ -x /usr/sbin/postfix ] || missing="$missing postfix"
     [ -x /usr/sbin/dovecot ] || missing="$missing dovecot-imapd"
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+    [ -x /usr/bin/chromium ] || missing="$missing chromium"
     if ! "$2" -c "import test.test_email" 2>/dev/null; then
       ver=$("$2" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
       missing="$missing libpython$ver-testsuite"

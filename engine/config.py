@@ -243,6 +243,17 @@ class OutboxSettings(Strict):
     sql_timeout: float = Field(2.0, gt=0)
 
 
+class ConsoleSettings(Strict):
+    """The web console (``console``): where its session-signing key comes from, and how
+    many WSGI threads serve it. Without ``secret_key`` the key is the file
+    ``console-secret.key`` in the instance directory, created (0600) when missing."""
+
+    secret_key: SecretRef | None = None
+    threads: int = Field(8, ge=1, le=64)
+    session_hours: float = Field(12, gt=0)
+    secure_cookies: bool = False  # set when the console is served over HTTPS
+
+
 class Settings(Strict):
     """The whole ``postdesk.yaml``; ``instance_dir`` and ``source`` are filled by the loader."""
 
@@ -254,6 +265,7 @@ class Settings(Strict):
     accounts: list[AccountSettings] = []
     tags: TagSettings | None = None
     outbox: OutboxSettings = OutboxSettings()
+    console: ConsoleSettings = ConsoleSettings()
     source: str = "<defaults>"
 
     @property
@@ -451,6 +463,37 @@ def tag_keys(settings: Settings) -> Any:
     return TagKeys.from_config(secrets, settings.tags.current)
 
 
+CONSOLE_SECRET_FILE = "console-secret.key"
+
+
+def console_secret(settings: Settings) -> str:
+    """The console's session-signing key: ``console.secret_key`` if configured, else the
+    instance's ``console-secret.key``, created once (0600, atomically) when missing."""
+    ref = settings.console.secret_key
+    if ref is not None:
+        value = ref.resolve()
+        if not value:
+            source = f"environment variable {ref.env}" if ref.env else f"file {ref.file}"
+            raise ConfigError([ConfigProblem(settings.source, None, "console.secret_key",
+                                             f"{source} is not available")])
+        return value
+    path = settings.instance_dir / CONSOLE_SECRET_FILE
+    if not path.exists():
+        import secrets  # noqa: PLC0415
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.touch(mode=0o600)
+        tmp.write_text(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)  # atomic: a concurrent creator's key wins, ours is dropped
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
 def _check_override(settings: Settings, use: DriverUse, loc: list[Any], report: Any) -> None:
     try:
         settings.effective_driver(use)
@@ -469,10 +512,18 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         "outbox": settings.outbox.model_copy(
             update={"templates": absolute(settings.outbox.templates)}),
     }
+    drivers = {name: d.model_copy(update={"ca_file": absolute(d.ca_file)})
+               if isinstance(d, RemoteServer) and d.ca_file else d
+               for name, d in settings.drivers.items()}
+    update["drivers"] = drivers  # a relay's or mailbox's CA file, relative to this file
     if settings.tags:
         keys = {kid: ref.model_copy(update={"file": absolute(ref.file)}) if ref.file else ref
                 for kid, ref in settings.tags.keys.items()}
         update["tags"] = settings.tags.model_copy(update={"keys": keys})
+    key = settings.console.secret_key
+    if key is not None and key.file is not None:
+        update["console"] = settings.console.model_copy(
+            update={"secret_key": key.model_copy(update={"file": absolute(key.file)})})
     if settings.gateway.starttls:
         tls = settings.gateway.starttls
         tls_abs = TLSSettings(cert=absolute(tls.cert), key=absolute(tls.key))

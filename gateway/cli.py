@@ -1,4 +1,4 @@
-"""The ``postdesk`` command line: init, serve, db, message and user subcommands.
+"""The ``postdesk`` command line: init, serve, console, db, message and user subcommands.
 
 It lives in ``gateway`` because it is the process edge that starts the network services;
 everything it does besides starting them is a call into ``engine``.
@@ -16,9 +16,9 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from engine.config import ConfigError, Settings, load_settings
+from engine.config import ConfigError, Settings, console_secret, load_settings
 from engine.store import database
-from engine.store.models import Account, Attachment, Message, MessageAccount, User
+from engine.store.models import Account, Attachment, Message, MessageAccount
 from engine.tags import generate_secret
 from engine.users import create_user, generate_password
 from gateway.imap_cli import import_, poll, status
@@ -26,6 +26,7 @@ from gateway.outbox_cli import outbox as outbox_cmd
 from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
 from gateway.template_cli import template as template_cmd
+from gateway.user_cli import user as user_cmd
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "engine" / "defaults"
 RULES_EXAMPLE = Path(__file__).resolve().parent.parent / "rules.example.yaml"
@@ -80,6 +81,7 @@ def init(instance: str) -> None:
     key_file.touch(mode=0o600)
     key_file.write_text(generate_secret() + "\n")
     settings = load_settings(config)
+    console_secret(settings)  # console-secret.key, 0600, signs the console's sessions
     database.upgrade(settings.database_url)
     password = generate_password()
     engine = database.make_engine(settings.database_url)
@@ -93,7 +95,7 @@ def init(instance: str) -> None:
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Run the SMTP/LMTP gateway and health endpoint until SIGTERM."""
+    """Run the SMTP/LMTP gateway, the console and /healthz until SIGTERM."""
     from gateway.server import serve as run
 
     settings = settings_from(ctx)
@@ -266,40 +268,20 @@ def message_reprocess(ctx: click.Context, message_ids: tuple[int, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
-@main.group()
-def user() -> None:
-    """Manage console users."""
-
-
-@user.command("add")
-@click.argument("username")
-@click.option("--admin", is_flag=True)
-@click.option("--password", help="Default: generate one and print it.")
+@main.command("console")
+@click.option("--listen", help="host:port (default: gateway.http_listen).")
 @click.pass_context
-def user_add(ctx: click.Context, username: str, admin: bool, password: str | None) -> None:
-    """Create a user with a hashed password."""
-    password = password or generate_password()
-    with _session(ctx) as session, session.begin():
-        try:
-            create_user(session, username, password, is_admin=admin)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-    click.echo(f"postdesk: user {username!r} created, password: {password}")
+def console_cmd(ctx: click.Context, listen: str | None) -> None:
+    """Run the web console alone (``serve`` runs it too) until SIGTERM."""
+    from gateway.http import run_alone
 
-
-@user.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def user_list(ctx: click.Context, as_json: bool) -> None:
-    """List users."""
-    with _session(ctx) as session:
-        users = [{"id": u.id, "username": u.username, "admin": u.is_admin, "active": u.active}
-                 for u in session.scalars(select(User).order_by(User.username))]
-    click.echo(json.dumps(users, indent=2) if as_json else
-               "\n".join(f"{u['username']}{' (admin)' if u['admin'] else ''}" for u in users))
+    settings = settings_from(ctx)
+    database.upgrade(settings.database_url)
+    sys.exit(run_alone(settings, listen))
 
 
 main.add_command(rules_cmd)
+main.add_command(user_cmd)
 main.add_command(poll)
 main.add_command(status)
 main.add_command(import_)

@@ -2,8 +2,9 @@
 
 The listening sockets are bound once, up front (a taken port fails before anything runs);
 then one or more worker processes (``gateway.workers``) each run the SMTP and LMTP listeners
-on one asyncio loop with their own intake writer; worker 0 also serves /healthz and polls the
-IMAP mailboxes (``gateway.imap``). On SIGTERM/SIGINT the listeners stop accepting, in-flight
+on one asyncio loop with their own intake writer; worker 0 also serves HTTP (the console with
+/healthz, on waitress threads beside the loop: ``gateway.http``) and polls the IMAP mailboxes
+(``gateway.imap``). On SIGTERM/SIGINT the listeners stop accepting, in-flight
 transactions finish (their 250s are sent), pending commits drain, and the process exits.
 """
 
@@ -13,6 +14,8 @@ import asyncio
 import errno
 import json
 import logging
+import multiprocessing
+import os
 import signal
 import socket
 import time
@@ -26,8 +29,10 @@ from engine.accounts import AccountDirectory, sync_accounts
 from engine.config import Settings, parse_listen, tag_keys
 from engine.decisions import RuleFiles
 from engine.intake import Intake
-from engine.outboxworker import OutboxWorker
+from engine.outbox import health as outbox_health
+from engine.outboxworker import run_worker
 from engine.store.database import make_engine
+from gateway.http import WsgiServer, load_app
 from gateway.imap import PollerSet
 from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_context
 
@@ -53,14 +58,16 @@ class Gateway:
                              busy_timeout_ms=settings.database.busy_timeout_ms, isolate=True,
                              rules=rules)
         self.servers: dict[str, asyncio.Server] = {}
+        self.wsgi: WsgiServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.handlers: list[IntakeHandler] = []
         # IMAP mailboxes are polled by one process only (worker 0 when pre-forking)
         self.pollers = PollerSet.from_settings(settings, directory, self.intake) \
             if worker == 0 else PollerSet([], self.intake)
-        # one outbox worker per instance too (rows are claimed, so more would be safe)
-        self.outbox = OutboxWorker(settings, self.engine) if worker == 0 else None
-        self._outbox_stop = asyncio.Event()
-        self._outbox_task: asyncio.Task[None] | None = None
+        # one outbox worker per instance, in its own process (rows are claimed: more would
+        # be safe); worker 0 starts it
+        self.sends = worker == 0
+        self.outbox: multiprocessing.process.BaseProcess | None = None
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -79,17 +86,37 @@ class Gateway:
                 timeout=gw.timeout,
             )
         if "http" in self.sockets:
+            await self._start_http()
+        await self.pollers.start()
+        if self.sends:
+            self.outbox = multiprocessing.get_context("spawn").Process(
+                target=run_worker, args=(self.settings, os.getpid()), name="postdesk-outbox")
+            self.outbox.start()
+        log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
+
+    async def _start_http(self) -> None:
+        """The console on waitress threads if installed, else the bare /healthz responder."""
+        self._loop = asyncio.get_running_loop()
+        app = load_app(self.settings, self._health_from_thread)
+        if app is None:
             self.servers["http"] = await asyncio.start_server(self._http,
                                                               sock=self.sockets["http"])
-        await self.pollers.start()
-        if self.outbox is not None:
-            self._outbox_task = asyncio.create_task(self.outbox.run(self._outbox_stop))
-        log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
+            return
+        self.wsgi = WsgiServer(app, self.sockets["http"], self.settings.console.threads)
+        self.wsgi.start()
+
+    def _health_from_thread(self) -> dict[str, Any]:
+        """``health`` for a waitress thread: the rules' status comes from the loop."""
+        assert self._loop is not None
+        rules = asyncio.run_coroutine_threadsafe(self.intake.status(), self._loop).result(10)
+        return self.health(rules)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight transactions finish, drain commits."""
         for server in self.servers.values():
             server.close()
+        if self.wsgi is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.wsgi.stop)
         deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
         while (open_ := sum(h.in_transaction() for h in self.handlers)) and (
                 asyncio.get_running_loop().time() < deadline):
@@ -99,9 +126,11 @@ class Gateway:
         for handler in self.handlers:
             handler.close_connections()
         await self.pollers.stop()
-        if self._outbox_task is not None:
-            self._outbox_stop.set()
-            await self._outbox_task
+        if self.outbox is not None:
+            self.outbox.terminate()  # SIGTERM: the worker finishes the mail in hand
+            await asyncio.to_thread(self.outbox.join, DRAIN_SECONDS)
+            if self.outbox.is_alive():
+                self.outbox.kill()
         await self.intake.stop()
         self.engine.dispose()
 
@@ -116,9 +145,11 @@ class Gateway:
 
     def health(self, rules: dict[str, Any] | None = None) -> dict[str, Any]:
         """Liveness plus counters; ``database`` says whether a trivial query works."""
+        outbox: dict[str, Any] = {}
         try:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+                outbox = outbox_health(conn)
             database = "ok"
         except Exception as exc:  # noqa: BLE001 — reported, not raised
             database = f"error: {exc.__class__.__name__}"
@@ -128,17 +159,17 @@ class Gateway:
             "status": "ok" if database == "ok" else "degraded",
             "database": database,
             "time": datetime.now(UTC).isoformat(),
-            "listeners": sorted(self.servers),
+            "listeners": sorted([*self.servers, *(["http"] if self.wsgi else [])]),
             "gateway": stats,
             "rules": rules or {},
             "imap": self.pollers.health(),
-            "outbox": self.outbox.health() if self.outbox is not None else {},
-            "alerts": [f"automatic sending paused: {self.outbox.stats.paused}"]
-            if self.outbox is not None and self.outbox.stats.paused else [],
+            "outbox": outbox,
+            "alerts": [f"automatic sending paused: {outbox['paused']}"]
+            if outbox.get("paused") else [],
         }
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.0 responder for /healthz until the console takes over this port."""
+        """A minimal HTTP/1.0 responder for /healthz when no console is installed."""
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"

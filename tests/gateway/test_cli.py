@@ -20,8 +20,10 @@ def test_init_creates_a_working_instance_once(tmp_path: Path) -> None:
     assert {p.name for p in target.iterdir()} >= {"postdesk.yaml", "rules.yaml", "postdesk.db"}
     users = subprocess.run([*POSTDESK, "--config", str(target / "postdesk.yaml"), "user", "list",
                             "--json"], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert json.loads(users.stdout) == [{"id": 1, "username": "admin", "admin": True,
-                                         "active": True}]
+    [admin] = json.loads(users.stdout)
+    assert admin | {"id": 1, "username": "admin", "admin": True, "active": True,
+                    "role": "admin", "accounts": []} == admin
+    assert (target / "console-secret.key").stat().st_mode & 0o077 == 0
     again = subprocess.run([*POSTDESK, "init", "--instance", str(target)], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120, check=True)
     assert "already initialised" in again.stdout and "password" not in again.stdout
