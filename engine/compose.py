@@ -12,6 +12,7 @@ customer) or, with ``mode: attach``, forward it attached as ``message/rfc822``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes
@@ -35,8 +36,10 @@ class Composed:
 
 def answer(*, account: AccountSettings, inbound: ParsedMessage, rcpt: str, text: str,
            html: str | None, marker: str | None, hostname: str, now: datetime,
-           headers: list[tuple[str, str]]) -> Composed:
-    """An answer to ``inbound`` from ``account`` (auto-acknowledgement, auto-reply)."""
+           headers: list[tuple[str, str]],
+           attachments: Sequence[tuple[str, str, bytes]] = ()) -> Composed:
+    """An answer to ``inbound`` from ``account`` (auto-acknowledgement, auto-reply, an
+    agent's reply with ``attachments``: (filename, content type, bytes))."""
     msg = EmailMessage(policy=SMTP)
     subject = strip_markers(inbound.subject).strip() or "(no subject)"
     if not subject.lower().startswith(("re:", "aw:", "sv:")):
@@ -57,6 +60,11 @@ def answer(*, account: AccountSettings, inbound: ParsedMessage, rcpt: str, text:
     if html is not None:
         signature = f"<pre>{_escape(account.signature)}</pre>" if account.signature else ""
         msg.add_alternative(html + signature, subtype="html")
+    for filename, content_type, data in attachments:
+        maintype, _, subtype = content_type.partition("/")
+        if not subtype or maintype in ("multipart", "message"):
+            maintype, subtype = "application", "octet-stream"
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return Composed(msg.as_bytes(), msg["Message-ID"], subject)
 
 

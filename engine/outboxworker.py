@@ -59,7 +59,7 @@ from engine.store.models import (
     TagValue,
     TemplateSource,
 )
-from engine.tags import TagKeys, seal
+from engine.tags import TagKeys, find_markers, seal, verify
 from engine.templates import Templates
 from rules.schema import RuleErrors, load_rules
 
@@ -461,12 +461,13 @@ class OutboxWorker:
     def _sent(self, job: Job) -> None:
         now = datetime.now(UTC)
         assert job.raw is not None
-        archived = message_columns(parse_message(job.raw, now)) | {
+        parsed = parse_message(job.raw, now)
+        archived = message_columns(parsed) | {
             "dedupe_key": f"outbox:{job.pk}", "direction": "outbound",
             "account_id": job.account_id, "thread_id": job.extra["thread"],
             "state": "sent", "raw": job.raw, "size": len(job.raw), "received_at": now,
             "envelope_from": job.mail_from, "envelope_to": job.rcpt_to,
-            "tag_reference": job.extra.get("tag")}
+            "tag_reference": job.extra.get("tag") or self._marker(parsed.subject)}
         with writer(self.engine).begin() as conn:
             known = conn.execute(select(Message.id).where(
                 Message.dedupe_key == archived["dedupe_key"])).scalar_one_or_none()
@@ -478,6 +479,13 @@ class OutboxWorker:
             record(conn, job.pk, "sent", {"to": job.rcpt, "message_id": job.message_id,
                                           "attempts": job.attempts})
         self.stats.sent += 1
+
+    def _marker(self, subject: str) -> str | None:
+        """The reference of the genuine tag in a subject composed before it reached the
+        worker (an agent's reply): kept with the archived copy, like the worker's own."""
+        if self.keys is None:
+            return None
+        return next((ref for m in find_markers(subject) if (ref := verify(m, self.keys))), None)
 
     def _retry(self, job: Job, error: str) -> None:
         now = datetime.now(UTC)
