@@ -22,6 +22,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,6 +124,8 @@ _child_writer: Writer | None = None
 def _start_child(parent: int, url: str, busy_timeout_ms: int, rules: RuleFiles | None) -> None:
     global _child_writer
     die_with_parent(parent)  # a killed gateway must not leave its writer behind
+    # Ctrl-C reaches the whole process group: the parent decides when the writer stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _child_writer = Writer(url, busy_timeout_ms, rules)

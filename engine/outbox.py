@@ -210,3 +210,11 @@ def set_paused(conn: Connection, on: bool, reason: str = "") -> None:
 
 def give_up_at(created_at: datetime, hours: float) -> datetime:
     return created_at + timedelta(hours=hours)
+
+
+def health(conn: Connection) -> dict[str, Any]:
+    """Rows per state and whether automatic sending is paused (``/healthz``, any process)."""
+    counts = dict(conn.execute(select(Outbox.state, func.count()).group_by(Outbox.state)).all())
+    return {"rows": {state: counts.get(state, 0) for state in
+                     ("pending", "sending", "sent", "failed", "skipped")},
+            "paused": paused(conn)}

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -48,8 +49,9 @@ from engine.outbox import (
     suppressed,
 )
 from engine.procedures import ProcedureRunner
+from engine.processes import die_with_parent
 from engine.sqlfields import SqlMergeField, check_query, run_sql_field, sql_engine
-from engine.store.database import writer
+from engine.store.database import make_engine, writer
 from engine.store.models import (
     Account,
     Message,
@@ -517,9 +519,33 @@ class OutboxWorker:
         log.error("outbox %d failed: %s", job.pk, error)
 
 
+def run_worker(settings: Settings, parent: int | None = None) -> None:
+    """Run a worker until SIGTERM: ``postdesk outbox``, and the process ``postdesk serve``
+    starts beside the gateway (its own process, so composing mail never takes the GIL from
+    the SMTP loop). ``parent``: exit with that process."""
+    if parent is not None:
+        die_with_parent(parent)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    engine = make_engine(settings.database_url,
+                         busy_timeout_ms=settings.database.busy_timeout_ms)
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stopping.set)
+        if parent is None:
+            loop.add_signal_handler(signal.SIGINT, stopping.set)
+        await OutboxWorker(settings, engine).run(stopping)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
 def _columns(values: dict[str, Any]) -> dict[str, Any]:
     names = set(Message.__table__.c.keys())
     return {k: v for k, v in values.items() if k in names}
 
 
-__all__ = ["PAUSE", "OutboxWorker", "Permanent", "Transient"]
+__all__ = ["PAUSE", "OutboxWorker", "Permanent", "Transient", "run_worker"]

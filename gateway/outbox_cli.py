@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,22 +31,15 @@ def outbox(ctx: click.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from engine.accounts import sync_accounts
-    from engine.outboxworker import OutboxWorker
+    from engine.outboxworker import run_worker
 
     settings = _settings(ctx)
     database.upgrade(settings.database_url)
     engine = database.make_engine(settings.database_url,
                                   busy_timeout_ms=settings.database.busy_timeout_ms)
     sync_accounts(engine, settings)
-
-    async def run() -> None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        await OutboxWorker(settings, engine).run(stopping)
-
-    asyncio.run(run())
+    engine.dispose()
+    run_worker(settings)
 
 
 @outbox.command("list")
