@@ -204,7 +204,7 @@ class InboxItem:
     state: str
 
 
-def my_inbox(db: Any, viewer: Viewer, account_id: int, limit: int = 200) -> list[InboxItem]:
+def my_inbox(db: Any, viewer: Viewer, account_id: int, limit: int = 100) -> list[InboxItem]:
     """Messages of an account assigned to the viewer and not yet settled, oldest first."""
     rows = db.execute(
         select(Message.id, Message.from_name, Message.from_addr, Message.subject,
