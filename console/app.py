@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, health: Health | None = None,
                                    busy_timeout_ms=settings.database.busy_timeout_ms,
                                    pool_size=settings.console.threads)
     db.init_db(app, engine)
+    app.extensions["postdesk.settings"] = settings  # accounts, tags, templates (message view)
     CSRFProtect(app)
     init_auth(app)
     app.register_blueprint(agent_bp)
