@@ -49,10 +49,15 @@
     }
   });
 
-  document.querySelectorAll("iframe.mailbody").forEach((frame) => frame.addEventListener("load", () => {
+  function fit(frame) {
     try {
       const doc = frame.contentDocument;
-      frame.style.height = Math.min(Math.max(doc.documentElement.scrollHeight + 8, 80), 2000) + "px";
+      if (!doc || doc.readyState !== "complete" || !doc.body) return;
+      frame.style.height = Math.min(Math.max(doc.body.scrollHeight + 24, 80), 2000) + "px";
     } catch (e) { /* a frame we cannot read keeps its CSS height */ }
-  }));
+  }
+  document.querySelectorAll("iframe.mailbody").forEach((frame) => {
+    frame.addEventListener("load", () => fit(frame));
+    fit(frame);  // it may have loaded before this script ran
+  });
 })();
