@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from console import db
 from console.authz import viewer
-from engine import drafts, notes, queues, replies, work
+from engine import drafts, notes, queues, replies, threadview, work
 from engine.config import Settings
 from engine.sanitize import for_display
 from engine.store.models import (
@@ -61,7 +61,7 @@ def visible(message_id: int, session: Any = None) -> Message:
 def part_of(message: Message, part_id: int) -> Message:
     """A message of ``message``'s thread the user may read, else 404."""
     session = db.session()
-    if not work.in_thread(session, message, part_id, viewer()):
+    if not threadview.in_thread(session, message, part_id, viewer()):
         abort(404)
     part = session.get(Message, part_id)
     assert part is not None
@@ -82,7 +82,7 @@ def show(message_id: int) -> Any:
 def page(message: Message) -> dict[str, Any]:
     """Everything the message page shows."""
     session, me = db.session(), viewer()
-    thread = work.thread_messages(session, message, me)
+    thread = threadview.thread_messages(session, message, me)
     ids = [m.id for m in thread]
     attachments: dict[int, list[Attachment]] = {}
     for att in session.scalars(select(Attachment).where(Attachment.message_id.in_(ids))
@@ -96,7 +96,7 @@ def page(message: Message) -> dict[str, Any]:
         "workable": _workable(session, message),
         "notes": notes.notes_for(session, ids), "note_types": notes.NOTE_TYPES,
         "reasons": work.wrapup_codes(session), "draft": draft,
-        "seen": work.seen_now(session, message).token(),
+        "seen": threadview.seen_now(session, message).token(),
         "templates": replies.template_names(session, settings().outbox.templates),
         "documents": (message.decision or {}).get("documents", []),
         "agents": _agents(session, message.account_id, me.id),

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from console import db
 from console.authz import is_htmx, viewer
 from console.message import bp, now, page, settings, templates_for, visible
-from engine import drafts, notes, replies, spelling, work
+from engine import drafts, notes, replies, spelling, threadview, work
 from engine.decisions import RulesContext
 from engine.mergefields import TemplateError
 from engine.store.models import Account, Draft, Message
@@ -174,7 +174,7 @@ def send(session: Session, message: Message, draft: Draft | None) -> Any:
     try:
         with session.begin_nested():  # a collision keeps the saved draft, nothing else
             replies.send(session, message, viewer(), reply, reason, outgoing, now(),
-                         seen=work.Seen.parse(request.form.get("seen")),
+                         seen=threadview.Seen.parse(request.form.get("seen")),
                          confirmed=request.form.get("confirmed") == "1")
             _note(session, message, "general")
     except replies.Collision as exc:

@@ -43,15 +43,8 @@ from engine.store.models import (
 )
 from engine.tags import TagKeys, seal
 from engine.templates import Rendered, TemplateFields, Templates
-from engine.work import (
-    News,
-    Seen,
-    WorkError,
-    check_reason,
-    ensure_workable,
-    news_since,
-    settle,
-)
+from engine.threadview import News, Seen, news_since
+from engine.work import WorkError, check_reason, ensure_workable, settle
 
 KIND = "agent-reply"
 TEMPLATE_SUFFIXES = (".txt", ".html", ".htm")

@@ -16,7 +16,7 @@ from relay import Relay
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from engine import drafts, notes, replies, spelling, work
+from engine import drafts, notes, replies, spelling, threadview, work
 from engine.config import load_settings
 from engine.decisions import RulesContext
 from engine.mergefields import MissingField
@@ -353,7 +353,7 @@ def test_send_queues_a_composed_agent_reply_that_the_worker_sends_and_archives(
         outgoing = replies.Outgoing.from_settings(settings, "support")
         with pytest.raises(work.ReasonRequired):
             replies.send(session, message, ana, reply, None, outgoing, NOW)
-        seen = work.seen_now(session, message)
+        seen = threadview.seen_now(session, message)
         row_id = replies.send(session, message, ana, reply, "RESOLVED_ANSWERED", outgoing,
                               datetime.now(UTC), seen=seen)  # due now for the worker
         assert message.state == "resolved"
@@ -391,7 +391,7 @@ def test_send_stops_when_the_customer_wrote_again_until_confirmed(
     mail(store, "Broken", message_id="<b1@client.test>")
     pk = claimed(store, ana)
     with Session(store) as session:
-        seen = work.seen_now(session, session.get(Message, pk))
+        seen = threadview.seen_now(session, session.get(Message, pk))
     deliver(store, make_mail("Re: Broken", body="Never mind, it works now.\n",
                              headers="In-Reply-To: <b1@client.test>\n"))
     outgoing = replies.Outgoing.from_settings(settings, "support")
@@ -408,5 +408,5 @@ def test_send_stops_when_the_customer_wrote_again_until_confirmed(
         replies.send(session, message, ana, reply, "RESOLVED_ANSWERED", outgoing, NOW,
                      seen=seen, confirmed=True)
         assert message.state == "resolved"
-    assert work.Seen.parse(seen.token()) == seen
-    assert work.Seen.parse("x:1") is None
+    assert threadview.Seen.parse(seen.token()) == seen
+    assert threadview.Seen.parse("x:1") is None
