@@ -23,6 +23,10 @@
     form.querySelectorAll('input[name="mode"]').forEach((radio) =>
       radio.addEventListener("change", () => richMode(radio.value === "html" && radio.checked)));
     form.addEventListener("submit", () => { if (!rich.hidden) body.value = rich.innerHTML; });
+    rich.addEventListener("input", () => {  // the draft autosave watches the textarea
+      body.value = rich.innerHTML;
+      body.dispatchEvent(new KeyboardEvent("keyup"));
+    });
     toolbar.querySelectorAll("button.tool").forEach((button) => button.addEventListener("click", () => {
       const cmd = button.dataset.cmd;
       const arg = cmd === "createLink" ? window.prompt("Link address (https://...)") : null;
