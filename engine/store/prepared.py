@@ -37,8 +37,8 @@ class Compiled:
     def params(self, values: dict[str, Any]) -> Sequence[Any] | dict[str, Any]:
         if self.literals:
             values = self.literals | values
-        if self.defaults:
-            values = {n: make() for n, make in self.defaults.items() if n not in values} | values
+        if self.defaults:  # only columns the rows leave out (compiled per set of keys)
+            values = {n: make() for n, make in self.defaults.items()} | values
         if self.order is not None:
             return [self._process(n, values[n]) for n in self.order]
         return {n: self._process(n, v) for n, v in values.items()}
