@@ -53,7 +53,8 @@ class Compiled:
 def _compiled(statement: Any, dialect: Dialect, defaults: dict[str, Callable[[], Any]] | None
               = None, **kw: Any) -> Compiled:
     comp = statement.compile(dialect=dialect, **kw)
-    processors = {name: bind.type.bind_processor(dialect) for name, bind in comp.binds.items()}
+    processors = {name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+                  for name, bind in comp.binds.items()}
     literals = {name: bind.value for name, bind in comp.binds.items()
                 if not bind.required and bind.value is not None and not bind.expanding}
     order = tuple(comp.positiontup) if dialect.positional else None
