@@ -21,6 +21,7 @@ from helpers import ROOT, Instance, make_mail, wait_port
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy.orm import Session
 
+from engine.store.database import writer
 from engine.users import assign_accounts, create_user
 
 CHROMIUM = "/usr/bin/chromium"
@@ -42,7 +43,7 @@ def browser() -> Iterator[Browser]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     inst = Instance(tmp_path_factory.mktemp("console-e2e")).write().start()
     wait_port(inst.http, 20, inst.proc)
-    with Session(inst.engine) as session, session.begin():
+    with Session(writer(inst.engine)) as session, session.begin():  # the server writes too
         for name in ("alice", "carl"):
             create_user(session, name, PASSWORD)
             assign_accounts(session, name, ["support"])
