@@ -11,7 +11,7 @@ import urllib.request
 import aiosmtplib
 import pytest
 from helpers import Instance, make_mail
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from engine.store.models import History, Message, TagValue
 from engine.tags import TagKeys, generate_secret, seal
@@ -176,6 +176,14 @@ def test_hot_reload_under_load_loses_nothing_and_uses_one_version_per_message(
                                  make_mail(f"load {i}-{j}", message_id=f"<hr-{i}-{j}@c>"))
 
     async def editor() -> None:
+        # edits start once the load is under way (a slow start on a busy machine must not
+        # let every message reach the writer after the last edit)
+        def stored_count() -> int:
+            with instance.engine.connect() as conn:  # a fresh snapshot each time
+                return conn.execute(select(func.count()).select_from(Message)).scalar_one()
+
+        while stored_count() < 50:
+            await asyncio.sleep(0.05)
         for n in range(1, 6):
             await asyncio.sleep(0.3)
             if n == 3:
