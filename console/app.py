@@ -49,6 +49,7 @@ def create_app(settings: Settings, *, health: Health | None = None,
     init_auth(app)
     app.register_blueprint(agent_bp)
     _register_optional(app, "console.message")
+    _register_optional(app, "console.supervisor")
     placeholders.register_missing(app)
     check = health or _database_health(engine)
     for rule in ("/healthz", "/health"):

@@ -206,4 +206,5 @@ def _escape(text: str) -> str:
             .replace('"', "&quot;"))
 
 
+import console.compose  # noqa: E402,F401 — new messages, on ``bp``
 import console.message_actions  # noqa: E402,F401 — the actions' routes, on ``bp``

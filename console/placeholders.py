@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, abort, render_template, request
+from flask import Flask, abort, render_template
 from flask_login import login_required
 
 from console import db
@@ -21,16 +21,7 @@ def show(message_id: int) -> Any:
     return render_template("placeholder.html", message=message, what="message")
 
 
-@login_required
-def compose() -> Any:
-    account = request.args.get("account", "")
-    if not account.isdigit() or not queues.sees_account(db.session(), viewer(), int(account)):
-        abort(404)
-    return render_template("placeholder.html", message=None, what="compose")
-
-
-PAGES = [("message", "show", "/messages/<int:message_id>", show),
-         ("message", "compose", "/compose", compose)]
+PAGES = [("message", "show", "/messages/<int:message_id>", show)]
 
 
 def register_missing(app: Flask) -> None:

@@ -1,4 +1,5 @@
-"""Composing outbound mail (pure): an answer from a template, or a redirect of the original.
+"""Composing outbound mail (pure): an answer from a template, an agent's new message, or a
+redirect of the original.
 
 Every message we send has its own Message-ID, a Date, From/Reply-To/signature from its
 account, In-Reply-To and References when it answers a message, the reference tag in its
@@ -54,6 +55,13 @@ def answer(*, account: AccountSettings, inbound: ParsedMessage, rcpt: str, text:
         msg["References"] = " ".join(dict.fromkeys(refs))
     for name, value in headers:
         msg[name] = value
+    _body(msg, account, text, html, attachments)
+    return Composed(msg.as_bytes(), msg["Message-ID"], subject)
+
+
+def _body(msg: EmailMessage, account: AccountSettings, text: str, html: str | None,
+          attachments: Sequence[tuple[str, str, bytes]]) -> None:
+    """Text with the account's signature, an HTML alternative, then the attachments."""
     body = text.rstrip("\n") + ("\n\n" + account.signature.rstrip("\n") if account.signature
                                 else "") + "\n"
     msg.set_content(body)
@@ -65,7 +73,22 @@ def answer(*, account: AccountSettings, inbound: ParsedMessage, rcpt: str, text:
         if not subtype or maintype in ("multipart", "message"):
             maintype, subtype = "application", "octet-stream"
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
-    return Composed(msg.as_bytes(), msg["Message-ID"], subject)
+
+
+def new_message(*, account: AccountSettings, to: Sequence[str], cc: Sequence[str],
+                subject: str, text: str, html: str | None, marker: str | None, hostname: str,
+                now: datetime, attachments: Sequence[tuple[str, str, bytes]] = ()) -> Composed:
+    """A new message from ``account`` (an agent's, not an answer: no In-Reply-To)."""
+    msg = EmailMessage(policy=SMTP)
+    title = strip_markers(subject).strip() or "(no subject)"
+    if marker:
+        title = with_marker(title, marker)
+    _identity(msg, account, title, now, hostname)
+    msg["To"] = ", ".join(to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    _body(msg, account, text, html, attachments)
+    return Composed(msg.as_bytes(), msg["Message-ID"], title)
 
 
 def resend(*, original: bytes, account: AccountSettings, rcpt: str, hostname: str,

@@ -1,4 +1,5 @@
-"""Drafts: an agent's unsent reply, kept per message and user until sent or discarded.
+"""Drafts: an agent's unsent reply, kept per message and user until sent or discarded
+(a new message's draft, ``engine.newmail``, shares the attachment functions).
 
 A draft survives closing the browser and logging out: opening the message again restores
 body, mode (text or HTML) and attachments. Attachment contents go to the content-addressed
@@ -16,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from engine.queues import Viewer
-from engine.store.models import Blob, Draft, Message, MessageState
+from engine.store.models import Blob, ComposeDraft, Draft, Message, MessageState
 
 MAX_BODY = 1_000_000
 MAX_ATTACHMENT = 20 * 1024 * 1024
@@ -57,7 +58,7 @@ def save(session: Session, message: Message, viewer: Viewer, body: str, html: bo
     return draft
 
 
-def attach(session: Session, draft: Draft, file: File, now: datetime) -> None:
+def attach(session: Session, draft: Draft | ComposeDraft, file: File, now: datetime) -> None:
     """Add a file to the draft (its bytes stored once in ``blobs``)."""
     if not file.data:
         raise DraftError(f"{file.filename or 'the file'} is empty")
@@ -76,7 +77,7 @@ def attach(session: Session, draft: Draft, file: File, now: datetime) -> None:
     session.flush()
 
 
-def detach(session: Session, draft: Draft, index: int, now: datetime) -> None:
+def detach(session: Session, draft: Draft | ComposeDraft, index: int, now: datetime) -> None:
     """Remove the draft's ``index``-th attachment (the blob stays: others may use it)."""
     items = list(draft.attachments or [])
     if not 0 <= index < len(items):
@@ -86,7 +87,7 @@ def detach(session: Session, draft: Draft, index: int, now: datetime) -> None:
     session.flush()
 
 
-def files(session: Session, draft: Draft | None) -> list[File]:
+def files(session: Session, draft: Draft | ComposeDraft | None) -> list[File]:
     """The draft's attachments with their bytes, in order."""
     out = []
     for item in (draft.attachments or []) if draft is not None else []:

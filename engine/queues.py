@@ -215,7 +215,7 @@ def my_inbox(db: Any, viewer: Viewer, account_id: int, limit: int = 100) -> list
     return [InboxItem(*row) for row in rows]
 
 
-SENT_ACTIONS = ("sent", "replied")
+SENT_ACTIONS = ("sent", "replied", "composed")  # composed: a new message (engine.newmail)
 
 
 def today_activity(db: Any, viewer: Viewer, now: datetime | None = None) -> dict[str, int]:

@@ -19,6 +19,7 @@ SEEDED: dict[str, str] = {
     "DELIVERY_REPORT": "A delivery report for a mail we sent",
     "ADMIN": "Changed by an administrator",
     "AGENT_REPLY_SENT": "An agent's reply was handed to the relay",
+    "AGENT_MAIL_SENT": "An agent's new message was handed to the relay",
 }
 
 # Wrap-up codes an agent picks when finishing a message (send, resolve, transfer, delete,
@@ -44,7 +45,7 @@ _BY_ACTION = {
     "out-of-office": "OUT_OF_OFFICE", "send-failed": "DELIVERY_FAILED",
     "delivery-report": "DELIVERY_REPORT", "untrusted-bounce": "DELIVERY_REPORT",
     "send-interrupted": "AUTO_WITHHELD", "retry": "ADMIN", "cancelled": "ADMIN",
-    "agent-reply": "AGENT_REPLY_SENT",
+    "agent-reply": "AGENT_REPLY_SENT", "agent-new": "AGENT_MAIL_SENT",
 }
 
 

@@ -223,6 +223,22 @@ def transfer(session: Session, message: Message, viewer: Viewer, reason: str | N
     return str(group)
 
 
+def assign(session: Session, message: Message, viewer: Viewer, agent: str,
+           now: datetime) -> None:
+    """A supervisor hands an active message to an agent who works its account."""
+    if not viewer.sees_all:
+        raise WorkError("only supervisors assign messages")
+    if not MessageState(message.state).active:
+        raise NotActive(f"message {message.id} is already {message.state}")
+    target = session.scalar(select(User).where(User.username == agent, User.active.is_(True)))
+    if target is None or not _works_account(session, target, message.account_id):
+        raise WorkError(f"no active agent {agent!r} works this account")
+    record(session, message, viewer, "assigned", None, now,
+           {"to_agent": agent, "from_agent": holder(session, message)})
+    message.state, message.assigned_user_id = MessageState.ASSIGNED.value, target.id
+    message.claimed_at = now
+
+
 def _works_account(session: Session, user: User, account_id: int) -> bool:
     from engine.queues import viewer_of
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import time
+from pathlib import Path
 from typing import Any
 
 from helpers import Instance
@@ -11,6 +12,7 @@ from relay import Relay
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.config import Settings, load_settings
 from engine.store.models import History, Message, Outbox
 
 ACK = """\
@@ -75,3 +77,21 @@ def wait_until(check: Any, timeout: float = 20.0) -> Any:
     raise TimeoutError("condition not met")
 
 
+
+
+def relay_settings(tmp_path: Path, relay: Relay) -> Settings:
+    """Settings for sending from the console or the engine: accounts support (from name,
+    signature) and sales, tag keys, the test relay (as tests/engine/test_work.py uses)."""
+    from engine.tags import generate_secret
+
+    (tmp_path / "tag.secret").write_text(generate_secret())
+    (tmp_path / "postdesk.yaml").write_text(
+        f"database: {{url: 'sqlite:///{tmp_path / 'store.db'}'}}\n"
+        "gateway: {hostname: postdesk.test}\n"
+        "tags: {current: k1, keys: {k1: {file: tag.secret}}}\n"
+        f"drivers:\n  relay: {{type: outbound-relay, host: 127.0.0.1, port: {relay.port}, "
+        "tls: none, timeout: 5}\n"
+        "accounts:\n  - {name: support, addresses: [support@example.test],\n"
+        "     from_name: Example Support, signature: \"--\\nExample Support\"}\n"
+        "  - {name: sales, addresses: [sales@example.test]}\n")
+    return load_settings(tmp_path / "postdesk.yaml", environ={})

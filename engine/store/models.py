@@ -454,6 +454,26 @@ class Draft(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ComposeDraft(Base):
+    """An agent's unsent new message from an account (one per user and account)."""
+
+    __tablename__ = "compose_drafts"
+    __table_args__ = (Index("ix_compose_drafts_user_account", "user_id", "account_id",
+                            unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    to: Mapped[str] = mapped_column(Text, default="")  # as typed: validated at Send
+    cc: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[bool] = mapped_column(Boolean, default=False)
+    attachments: Mapped[list[dict]] = mapped_column(JSON, default=list)  # as Draft's
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Note(Base):
     """An annotation on a message (``engine.notes.NOTE_TYPES``); never sent to the customer."""
 
