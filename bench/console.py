@@ -4,9 +4,13 @@ Fills a fresh SQLite store with ``--messages`` rows (default 100,000; executeman
 batches): 2 accounts, 8 classifications, ~10% queued, ~3% assigned, the rest settled, a few
 with a priority. Then, through the Flask test client (the whole app: session cookie, login
 check, queries, Jinja; no network), times ``GET /`` (home), ``GET /queues`` (the 3-second
-poll) and ``POST /next`` (claim) for an agent working both accounts. Baseline measured in the
-same run: ``GET /healthz`` (same stack, one trivial query). Also prints SQLite's query
-plans for the queue-count and claim queries (they must use ``ix_messages_queued``).
+poll) and ``POST /next`` (claim) for an agent working both accounts, then the message view:
+``GET /messages/<id>`` of a message whose thread holds 5 mails (delivered through the real
+parser and threading; text and HTML, two attachments; opening it records a write) and
+``GET /messages/<id>/body/<part>`` (one mail's HTML, sanitised for the iframe). Baseline
+measured in the same run: ``GET /healthz`` (same stack, one trivial query). Also prints
+SQLite's query plans for the queue-count and claim queries (they must use
+``ix_messages_queued``).
 
 Usage: ``python bench/console.py [--messages N] [--requests R]``; prints JSON on stdout.
 """
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ from sqlalchemy.orm import Session  # noqa: E402
 from console.app import create_app  # noqa: E402
 from engine import queues  # noqa: E402
 from engine.config import DatabaseSettings, Settings  # noqa: E402
+from engine.deliveries import Delivery, Envelope, Receipt, store_batch  # noqa: E402
+from engine.mime import parse_message  # noqa: E402
 from engine.store.database import make_engine, upgrade  # noqa: E402
 from engine.store.models import Account, Message  # noqa: E402
 from engine.users import assign_accounts, create_user  # noqa: E402
@@ -78,6 +86,52 @@ def fill(url: str, n: int, seed: int = 7) -> float:
     return time.perf_counter() - t0
 
 
+NEWSLETTER_ROW = ('<tr><td style="padding:8px;color:#333"><a href="https://shop.example/p/{i}">'
+                  '<img src="https://cdn.example/p/{i}.jpg" width="120" alt="item {i}"></a>'
+                  '</td><td><b>Item {i}</b><p style="font-size:13px">A fine thing, {i}% off. '
+                  '<a href="https://shop.example/p/{i}?utm=mail">Buy now</a></p></td></tr>')
+
+
+def thread_mail(i: int, first: str) -> bytes:
+    """Mail ``i`` of a 5-mail thread: even ones with an HTML part (a ~6 KB table layout with
+    remote images and styles, as real customer mail is), the first two with an attachment."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "Dana Whitfield <dana@client.test>"
+    msg["To"] = "s@x.test"
+    msg["Subject"] = "Refund for invoice 1043" if i == 0 else "Re: Refund for invoice 1043"
+    msg["Message-ID"] = f"<thread-{i}@client.test>"
+    msg["Date"] = f"Mon, 23 Nov 2026 10:0{i}:00 +0000"
+    if i:
+        msg["In-Reply-To"], msg["References"] = f"<thread-{i - 1}@client.test>", first
+    text = f"Mail {i} of the thread.\n\n" + "I was charged twice for invoice 1043.\n" * 20
+    msg.set_content(text)
+    if i % 2 == 0:
+        rows = "".join(NEWSLETTER_ROW.format(i=k) for k in range(20))
+        msg.add_alternative(f"<html><head><style>td{{font-family:Arial}}</style></head><body>"
+                            f"<p>Mail {i}: <b>charged twice</b></p><table>{rows}</table>"
+                            f"</body></html>", subtype="html")
+    if i < 2:
+        msg.add_attachment(b"%PDF-1.4 " + b"x" * 20_000, maintype="application",
+                           subtype="pdf", filename=f"statement-{i}.pdf")
+    return msg.as_bytes()
+
+
+def add_thread(url: str, n: int = 5) -> list[int]:
+    """Deliver an n-mail thread to account 1 the way the gateway does; their ids, in order."""
+    engine = make_engine(url)
+    ids = []
+    for i in range(n):
+        raw = thread_mail(i, "<thread-0@client.test>")
+        when = datetime(2026, 11, 23, 10, i, tzinfo=UTC)
+        envelope = Envelope("dana@client.test", [(1, "s@x.test")], received_at=when)
+        with engine.begin() as conn:
+            [receipt] = store_batch(conn, [Delivery(raw, envelope, parse_message(raw, when))])
+        assert isinstance(receipt, Receipt)
+        ids.append(receipt.message_pk)
+    engine.dispose()
+    return ids
+
+
 def timed(call: Any, requests: int) -> dict[str, float]:
     samples = []
     for _ in range(requests):
@@ -115,6 +169,7 @@ def main() -> None:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         upgrade(url)
         fill_s = fill(url, args.messages)
+        thread = add_thread(url)
         app = create_app(Settings(instance_dir=Path(tmp), database=DatabaseSettings(url=url)))
         client = app.test_client()
         html = client.get("/login").get_data(as_text=True)
@@ -133,6 +188,11 @@ def main() -> None:
                                                         headers={"HX-Request": "true"}),
                                      args.requests),
             "get_next": timed(lambda: client.post("/next", data=form), min(args.requests, 100)),
+            "message_view": timed(lambda: client.get(f"/messages/{thread[-1]}"), args.requests),
+            "message_body": timed(lambda: client.get(f"/messages/{thread[-1]}/body/{thread[0]}"),
+                                  args.requests),
+            "thread_mails_shown": client.get(f"/messages/{thread[-1]}").get_data(
+                as_text=True).count('<details class="part '),
             "plans": plans(url),
         }
         app.extensions["postdesk.engine"].dispose()
