@@ -80,7 +80,7 @@ def test_log_in_see_counts_live_and_get_next(browser: Browser, served: Instance)
     page = _login(browser, served, "alice")
     expect(_count(page)).to_have_text("3")
     _send(served, 1)
-    expect(_count(page)).to_have_text("4", timeout=10_000)  # htmx polling, no reload
+    expect(_count(page)).to_have_text("4", timeout=20_000)  # htmx polling, no reload
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=str(OUTPUT / "console-home.png"), full_page=True)
     page.click('#queues tr[data-queue=""] button.next')
@@ -89,11 +89,24 @@ def test_log_in_see_counts_live_and_get_next(browser: Browser, served: Instance)
     expect(_count(page)).to_have_text("3")
     expect(page.locator("table.inbox tbody tr")).to_have_count(1)
     page.screenshot(path=str(OUTPUT / "console-home-inbox.png"), full_page=True)
+    page.keyboard.press("n")  # the shortcut: next from the first queue
+    expect(page).to_have_url(re.compile(r"/messages/\d+$"))
+    first = page.url
+    page.keyboard.press("n")  # on a message: next from its queue
+    expect(page).not_to_have_url(first)
+    expect(page).to_have_url(re.compile(r"/messages/\d+$"))
+    for width, height in ((1280, 800), (820, 1180)):  # a laptop and a tablet: no sideways scroll
+        page.set_viewport_size({"width": width, "height": height})
+        for url in (page.url, f"http://127.0.0.1:{served.http}/"):
+            page.goto(url)
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), (
+                width, url)
     page.context.close()
 
 
 def test_two_agents_clicking_together_get_different_messages(browser: Browser,
                                                               served: Instance) -> None:
+    _send(served, 2)  # its own two messages, whatever earlier tests took
     pages = [_login(browser, served, user) for user in ("alice", "carl")]
     for page in pages:
         expect(_count(page)).not_to_have_text("0")
