@@ -113,8 +113,9 @@ def detach(session: Session, message: Message, index: int, draft: Draft | None) 
 @bp.post("/messages/<int:message_id>/template")
 @acting(draft=True)
 def insert_template(session: Session, message: Message, draft: Draft | None) -> Any:
-    """Insert a template: ask for its custom fields first, refuse while a required one is
-    empty, then append the rendered text to the draft."""
+    """Insert a template (or attach it as a file, ``as=attach``): ask for its custom fields
+    first, refuse while a required one is empty, then append the rendered text to the draft
+    or attach the rendered document."""
     draft = draft or drafts.save(session, message, viewer(), "", False, now())
     name = request.form.get("template", "")
     templates = templates_for()
@@ -127,11 +128,18 @@ def insert_template(session: Session, message: Message, draft: Draft | None) -> 
             flash("Fill in the required fields: " + ", ".join(sorted(missing)))
         return render_template("message.html", **page(message), prompt={
             "name": name, "required": sorted(wanted.required),
-            "optional": sorted(wanted.optional), "values": custom}), 200
+            "optional": sorted(wanted.optional), "values": custom,
+            "as_": request.form.get("as", "")}), 200
     account = settings().account(session.get(Account, message.account_id).name)  # type: ignore[union-attr]
     context = replies.merge_values(session, message, viewer(), account, now(),
                                    settings().outbox.merge_defaults)
     filled = replies.fill(templates, name, context, custom)
+    if request.form.get("as") == "attach":  # the filled document travels as a file
+        html = filled.html is not None
+        drafts.attach(session, draft, drafts.File(
+            name if "." in name else f"{name}.txt", "text/html" if html else "text/plain",
+            (filled.html if html else filled.text).encode()), now())
+        return _back(message, "#reply")
     draft.body = _append(draft.body, filled, draft.html)
     draft.updated_at = now()
     return _back(message, "#reply")

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from console.app import create_app
 from engine.config import AccountSettings, DatabaseSettings, OutboxSettings, Settings
-from engine.store.models import Attachment, Draft, History, Message, Note, Outbox
+from engine.store.models import Attachment, Blob, Draft, History, Message, Note, Outbox
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 HOSTILE = """<p>Hello <b>agent</b></p><script>alert(1)</script>
@@ -275,3 +275,22 @@ def test_notes_transfer_reroute_and_delete(as_user, store_engine: Engine) -> Non
     assert "Restore to its queue" in page(sue, third)
     sue.post(f"/messages/{third}/restore", data={"csrf_token": sue_token})
     assert state(store_engine, third) == "queued"
+
+
+def test_a_template_or_document_can_be_attached_filled_in(as_user, store_engine: Engine) -> None:
+    pk = delivered(store_engine, make_mail())
+    client, token = as_user("alice")
+    form = {"csrf_token": token, "body": "See the attached.", "mode": "text",
+            "template": "refund.txt", "as": "attach"}
+    prompt = client.post(f"/messages/{pk}/template", data=form).get_data(as_text=True)
+    assert 'name="as" value="attach"' in prompt and ">Attach</button>" in prompt
+    client.post(f"/messages/{pk}/template", data={
+        "csrf_token": token, "template": "refund.txt", "filled": "1", "as": "attach",
+        "field.AMOUNT": "12 EUR"})
+    with Session(store_engine) as session:
+        draft = session.scalars(select(Draft)).one()
+        [attached] = draft.attachments
+        blob = session.get(Blob, attached["sha256"])
+        assert draft.body == "See the attached."  # the body is left as typed
+    assert (attached["filename"], attached["content_type"]) == ("refund.txt", "text/plain")
+    assert blob.data == b"We refund 12 EUR to customer@client.test.\n"
