@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, exists, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.autoresponse import is_daemon_address
@@ -32,6 +32,8 @@ from engine.store.models import (
     MessageState,
     Outbox,
     RuleStat,
+    User,
+    UserAccount,
 )
 from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
 from engine.threads import ThreadBatch
@@ -136,6 +138,9 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
             automatic = Planned([], report.history, None)
         elif automatic.state is not None:
             row["state"] = automatic.state
+        row |= {"assigned_user_id": None, "claimed_at": None}  # every row: the same keys
+        if row["state"] == MessageState.QUEUED.value and row.get("route_agent"):
+            _assign_to_agent(conn, row, d.envelope.recipients[0][0], d.envelope.received_at)
         rows.append(row)
         slots.append(slot)
         decisions.append(decision)
@@ -179,6 +184,24 @@ def _decide(conn: Connection, rules: RulesContext | None, d: Delivery, threads: 
     return rules.decide(conn, d.parsed, size=len(d.raw), received_at=d.envelope.received_at,
                         accounts=[a for a, _ in d.envelope.recipients],
                         thread=slot if isinstance(slot, int) else None, tags=tags)
+
+
+_AGENT = (select(User.id).where(
+    User.username == bindparam("name"), User.active.is_(True),
+    or_(User.role.in_(("supervisor", "admin")),
+        exists().where(UserAccount.user_id == User.id,
+                       UserAccount.account_id == bindparam("account")))))
+
+
+def _assign_to_agent(conn: Connection, row: dict[str, Any], account_id: int,
+                     now: Any) -> None:
+    """A message the rules route to an agent (e.g. the customer's reply to that agent) goes
+    to that agent's inbox, when the agent is active and works the account; else it stays in
+    the queue with the agent recorded. Nobody else can take it with "Get next"."""
+    found = conn.execute(_AGENT, {"name": row["route_agent"], "account": account_id}).first()
+    if found is not None:  # rare (routed mail only): the plain execution path is fine
+        row |= {"state": MessageState.ASSIGNED.value, "assigned_user_id": found[0],
+                "claimed_at": now}
 
 
 def _report(conn: Connection, rules: RulesContext | None, d: Delivery) -> BounceOutcome | None:

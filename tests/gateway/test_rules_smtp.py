@@ -13,7 +13,7 @@ import pytest
 from helpers import Instance, make_mail
 from sqlalchemy import func, insert, select
 
-from engine.store.models import History, Message, TagValue
+from engine.store.models import History, Message, TagValue, User
 from engine.tags import TagKeys, generate_secret, seal
 from rules.schema import load_rules
 
@@ -269,11 +269,17 @@ def test_reply_that_lost_the_marker_finds_the_tag_through_in_reply_to(ruled: Ins
             dedupe_key="out-r-first", message_id_header="<bob-reply@postdesk.test>",
             direction="outbound", account_id=1, thread_id=first.thread_id, state="sent",
             date=datetime.now(UTC), raw=b"...", tag_reference=tag.reference))
+    ruled.cli("user", "add", "bob", "--password", "bob-secret-1")
+    ruled.cli("user", "assign", "bob", "support")
     reply = make_mail("Re: Broken widget", message_id="<r-lost@c>",
                       headers="In-Reply-To: <bob-reply@postdesk.test>\n")
     deliver(ruled, reply)
     msg = stored(ruled, "<r-lost@c>")
     assert msg.route_agent == "bob" and msg.thread_id == first.thread_id
+    # bob works the account: the reply is in his inbox, not up for grabs in the queue
+    with ruled.engine.connect() as conn:
+        bob = conn.execute(select(User.id).where(User.username == "bob")).scalar_one()
+    assert (msg.state, msg.assigned_user_id) == ("assigned", bob)
     # replayed later, the reply still has its tag and known thread: same route, full trace
     explained = ruled.cli_json("rules", "explain", "--stored", str(msg.id))
     assert explained["route"] == {"agent": "bob"}
