@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table
@@ -40,13 +40,24 @@ class Compiled:
         if self.defaults:  # only columns the rows leave out (compiled per set of keys)
             values = {n: make() for n, make in self.defaults.items()} | values
         if self.order is not None:
-            return [self._process(n, values[n]) for n in self.order]
+            return [v if proc is None or v is None else proc(v)
+                    for v, proc in zip([values[n] for n in self.order], self.ordered,
+                                       strict=True)]
         return {n: self._process(n, v) for n, v in values.items()}
 
-    def _process(self, name: str, value: Any) -> Any:
+    @cached_property
+    def ordered(self) -> list[Processor]:
+        """The processor of each positional parameter, looked up once."""
+        return [self._processor(n) for n in self.order or ()]
+
+    def _processor(self, name: str) -> Processor:
         proc = self.processors.get(name)
         if proc is None and name not in self.processors:
             proc = self.processors.get(name.rsplit("_", 1)[0])
+        return proc
+
+    def _process(self, name: str, value: Any) -> Any:
+        proc = self._processor(name)
         return proc(value) if proc is not None and value is not None else value
 
 
