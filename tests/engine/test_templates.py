@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from postgres import cluster
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -410,41 +406,10 @@ def test_slow_query_hits_the_time_limit(crm) -> None:
 # --- SQL merge fields on PostgreSQL (a throwaway cluster of Debian's postgresql) ----------------
 
 
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """``POSTDESK_TEST_POSTGRES`` if set, else a cluster of Debian's server binaries."""
-    if os.environ.get("POSTDESK_TEST_POSTGRES"):
-        yield os.environ["POSTDESK_TEST_POSTGRES"]
-        return
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.fail("PostgreSQL server binaries not installed (make test installs them as root)")
-    root = Path(tempfile.mkdtemp(prefix="pg-templates-"))  # chowned: not under tmp_path
-    root.chmod(0o755)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = root / "data"
-    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
-                    f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off", "start"],
-                   check=True, capture_output=True, timeout=60)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with cluster() as url:
+        yield url
 
 
 def test_sql_fields_on_postgresql_are_read_only_and_time_limited(postgres: str) -> None:
