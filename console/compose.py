@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from console import db
 from console.authz import is_htmx, viewer
 from console.message import bp, now, settings, templates_for
-from console.message_actions import ERRORS, _append
+from console.message_actions import ERRORS, _append, template_request
 from engine import drafts, newmail, notes, queues, replies, spelling, work
 from engine.store.models import Account, ComposeDraft
 
@@ -124,18 +124,10 @@ def compose_template(session: Session, account: Account, draft: ComposeDraft | N
     """Insert a template: its custom fields asked for first, required ones enforced."""
     draft = draft or newmail.save_draft(session, viewer(), account.id,
                                         newmail.NewMail("", "", ""), now())
-    name = request.form.get("template", "")
+    name, custom, prompt = template_request()
+    if prompt is not None:
+        return render_template("compose.html", **_page(account, draft, prompt=prompt))
     templates = templates_for()
-    wanted = replies.prompts(templates, name)
-    custom = {k[6:]: v for k, v in request.form.items() if k.startswith("field.")}
-    missing = wanted.required - {k for k, v in custom.items() if v.strip()}
-    filled_in = request.form.get("filled") == "1"
-    if ((wanted.required | wanted.optional) and not filled_in) or missing:
-        if filled_in:
-            flash("Fill in the required fields: " + ", ".join(sorted(missing)))
-        return render_template("compose.html", **_page(account, draft, prompt={
-            "name": name, "required": sorted(wanted.required),
-            "optional": sorted(wanted.optional), "values": custom}))
     context = newmail.merge_values(session, viewer(), settings().account(account.name), now(),
                                    draft.to, settings().outbox.merge_defaults)
     draft.body = _append(draft.body, replies.fill(templates, name, context, custom), draft.html)

@@ -117,19 +117,10 @@ def insert_template(session: Session, message: Message, draft: Draft | None) -> 
     first, refuse while a required one is empty, then append the rendered text to the draft
     or attach the rendered document."""
     draft = draft or drafts.save(session, message, viewer(), "", False, now())
-    name = request.form.get("template", "")
+    name, custom, prompt = template_request()
+    if prompt is not None:
+        return render_template("message.html", **page(message), prompt=prompt), 200
     templates = templates_for()
-    wanted = replies.prompts(templates, name)
-    custom = {k[6:]: v for k, v in request.form.items() if k.startswith("field.")}
-    missing = wanted.required - {k for k, v in custom.items() if v.strip()}
-    filled_in = request.form.get("filled") == "1"
-    if ((wanted.required | wanted.optional) and not filled_in) or missing:
-        if filled_in:
-            flash("Fill in the required fields: " + ", ".join(sorted(missing)))
-        return render_template("message.html", **page(message), prompt={
-            "name": name, "required": sorted(wanted.required),
-            "optional": sorted(wanted.optional), "values": custom,
-            "as_": request.form.get("as", "")}), 200
     account = settings().account(session.get(Account, message.account_id).name)  # type: ignore[union-attr]
     context = replies.merge_values(session, message, viewer(), account, now(),
                                    settings().outbox.merge_defaults)
@@ -143,6 +134,23 @@ def insert_template(session: Session, message: Message, draft: Draft | None) -> 
     draft.body = _append(draft.body, filled, draft.html)
     draft.updated_at = now()
     return _back(message, "#reply")
+
+
+def template_request() -> tuple[str, dict[str, str], dict[str, Any] | None]:
+    """The template asked for, the custom field values typed so far, and the prompt to show
+    when its fields are still to be asked for or a required one is empty (None: fill it)."""
+    name = request.form.get("template", "")
+    wanted = replies.prompts(templates_for(), name)
+    custom = {k[6:]: v for k, v in request.form.items() if k.startswith("field.")}
+    missing = wanted.required - {k for k, v in custom.items() if v.strip()}
+    filled_in = request.form.get("filled") == "1"
+    if not (((wanted.required | wanted.optional) and not filled_in) or missing):
+        return name, custom, None
+    if filled_in:
+        flash("Fill in the required fields: " + ", ".join(sorted(missing)))
+    return name, custom, {"name": name, "required": sorted(wanted.required),
+                          "optional": sorted(wanted.optional), "values": custom,
+                          "as_": request.form.get("as", "")}
 
 
 def _append(body: str, filled: Any, html: bool) -> str:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from helpers import deliver, make_mail
+from outboxkit import relay_settings
 from relay import Relay
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from engine import drafts, notes, replies, spelling, threadview, work
-from engine.config import load_settings
 from engine.decisions import RulesContext
 from engine.mergefields import MissingField
 from engine.outboxworker import OutboxWorker
@@ -33,7 +33,6 @@ from engine.store.models import (
     TemplateSource,
     WorkSession,
 )
-from engine.tags import generate_secret
 from engine.templates import Templates
 from engine.users import assign_accounts, create_user
 from rules.schema import load_rules
@@ -325,23 +324,9 @@ def test_sanitiser_removes_scripts_handlers_javascript_urls_and_css_payloads() -
 # --- sending ----------------------------------------------------------------------------------
 
 
-def settings_for(tmp_path: Path, relay: Relay) -> object:
-    (tmp_path / "tag.secret").write_text(generate_secret())
-    (tmp_path / "postdesk.yaml").write_text(
-        f"database: {{url: 'sqlite:///{tmp_path / 'store.db'}'}}\n"
-        "gateway: {hostname: postdesk.test}\n"
-        "tags: {current: k1, keys: {k1: {file: tag.secret}}}\n"
-        f"drivers:\n  relay: {{type: outbound-relay, host: 127.0.0.1, port: {relay.port}, "
-        "tls: none, timeout: 5}\n"
-        "accounts:\n  - {name: support, addresses: [support@example.test],\n"
-        "     from_name: Example Support, signature: \"--\\nExample Support\"}\n"
-        "  - {name: sales, addresses: [sales@example.test]}\n")
-    return load_settings(tmp_path / "postdesk.yaml", environ={})
-
-
 def test_send_queues_a_composed_agent_reply_that_the_worker_sends_and_archives(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    settings = settings_for(tmp_path, relay)
+    settings = relay_settings(tmp_path, relay)
     ana = desk["ana"]
     mail(store, "Refund please", message_id="<q1@client.test>")
     pk = claimed(store, ana)
@@ -386,7 +371,7 @@ def test_send_queues_a_composed_agent_reply_that_the_worker_sends_and_archives(
 
 def test_send_stops_when_the_customer_wrote_again_until_confirmed(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    settings = settings_for(tmp_path, relay)
+    settings = relay_settings(tmp_path, relay)
     ana = desk["ana"]
     mail(store, "Broken", message_id="<b1@client.test>")
     pk = claimed(store, ana)
