@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import os
-import platform
 import re
 import signal
 import socket
@@ -33,6 +30,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: bench.benchkit from the root
+
+from bench.benchkit import machine, ms, note, percentile  # noqa: E402
+
 RECIPIENT = "support@example.test"
 WARMUP_MESSAGES = 50
 REPLY_TIMEOUT = 60.0
@@ -274,16 +275,8 @@ def split(total: int, parts: int) -> list[range]:
     return out
 
 
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile, None when there is nothing to rank."""
-    if not values:
-        return None
-    ranked = sorted(values)
-    return ranked[max(math.ceil(pct / 100 * len(ranked)) - 1, 0)]
 
 
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 async def phase(port: int, messages: int, concurrency: int, body: bytes,
@@ -421,29 +414,10 @@ def row(cell: Cell, null: dict[str, Any], gw: dict[str, Any], code: int,
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "commit": git_commit(),
-        # other load on the box skews both servers; recorded to judge a noisy run
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
-def note(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,9 +27,6 @@ import asyncio
 import cProfile
 import io
 import json
-import math
-import os
-import platform
 import pstats
 import re
 import signal
@@ -47,6 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the engine packages live at the root
     sys.path.insert(0, str(ROOT))
+
+from bench.benchkit import machine, ms, note, percentile  # noqa: E402
 
 RECIPIENT = "support@example.test"
 SEED_BATCH = 64  # deliveries per store_batch transaction, like the gateway's groups
@@ -565,16 +564,8 @@ def short(filename: str) -> str:
 # ---------------------------------------------------------------------------- run
 
 
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile, None when there is nothing to rank."""
-    if not values:
-        return None
-    ranked = sorted(values)
-    return ranked[max(math.ceil(pct / 100 * len(ranked)) - 1, 0)]
 
 
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def rate(count: int, seconds: float) -> float | None:
@@ -585,28 +576,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "commit": git_commit(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
 
 
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
 
 
-def note(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

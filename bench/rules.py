@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import gc
 import json
-import math
 import os
 import platform
 import random
@@ -38,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script, bench/ must not shadow the rules package
 
+from bench.benchkit import percentile  # noqa: E402
 from rules.evaluate import evaluate, evaluate_reference  # noqa: E402
 from rules.schema import RuleSet, load_rules  # noqa: E402
 
@@ -223,9 +223,6 @@ def build_corpus(count: int, seed: int = 1) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- measuring
 
-def percentile(values: list[float], pct: float) -> float:
-    ranked = sorted(values)
-    return ranked[max(math.ceil(pct / 100 * len(ranked)) - 1, 0)]
 
 
 VARIANTS: dict[str, Callable[[RuleSet, Mapping[str, Any]], Any]] = {
