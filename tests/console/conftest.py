@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from helpers import store_with_accounts
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,12 @@ from engine.store.models import Message
 from engine.users import assign_accounts, create_user
 
 PASSWORD = "correct horse battery"
+# Debian's chromium, driven by Playwright through executable_path (never `playwright install`)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+OUTPUT = Path(__file__).resolve().parent.parent / "output"  # screenshots of a test run
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 _seq = iter(range(1, 10**9))
 
@@ -99,3 +106,13 @@ def as_user(app: Flask) -> Any:
         client = app.test_client()
         return client, login(client, username)
     return make
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for a test module's end-to-end tests."""
+    assert Path(CHROMIUM).exists(), "install chromium (.ci/system-deps.sh test)"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -13,30 +13,15 @@ import re
 import smtplib
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from conftest import PASSWORD
-from helpers import ROOT, Instance, make_mail, wait_port
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from conftest import OUTPUT, PASSWORD
+from helpers import Instance, make_mail, wait_port
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy.orm import Session
 
 from engine.store.database import writer
 from engine.users import assign_accounts, create_user
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTPUT = ROOT / "tests" / "output"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install chromium (.ci/system-deps.sh test)"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,23 +18,18 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import parseaddr
-from pathlib import Path
 
 import pytest
-from conftest import PASSWORD
+from conftest import OUTPUT, PASSWORD
 from helpers import ROOT, Instance, wait_port
 from outboxkit import history, prepare, rows, stored, wait_until
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from relay import Relay
 from sqlalchemy.orm import Session
 
 from engine.store.database import writer
 from engine.users import assign_accounts, create_user
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-OUTPUT = ROOT / "tests" / "output"
 DOCS = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -112,15 +107,6 @@ def deliver(inst: Instance, raw: bytes) -> None:
     headers = message_from_bytes(raw)
     with smtplib.SMTP("127.0.0.1", inst.smtp, timeout=10) as smtp:
         smtp.sendmail(parseaddr(headers["From"])[1], [parseaddr(headers["To"])[1]], raw)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "install chromium (.ci/system-deps.sh test)"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
