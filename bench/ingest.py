@@ -250,16 +250,18 @@ async def send_share(port: int, client: Client, indices: range, body: bytes, tag
     return current
 
 
-async def measure(port: int, messages: int, concurrency: int, body: bytes,
+async def measure(ports: list[int], messages: int, concurrency: int, body: bytes,
                   tag: str) -> tuple[float, Tally]:
-    """Send ``messages`` over ``concurrency`` connections; returns (seconds, tally)."""
+    """Send ``messages`` over ``concurrency`` connections, spread round-robin over the
+    servers listening on ``ports``; returns (seconds, tally)."""
     conns = min(concurrency, messages)
-    clients = await asyncio.gather(*(Client.connect(port) for _ in range(conns)))
+    targets = [ports[i % len(ports)] for i in range(conns)]
+    clients = await asyncio.gather(*(Client.connect(port) for port in targets))
     tally = Tally()
     shares = split(messages, conns)
     start = time.perf_counter()
     left = await asyncio.gather(*(send_share(port, c, r, body, tag, tally)
-                                  for c, r in zip(clients, shares, strict=True)))
+                                  for port, c, r in zip(targets, clients, shares, strict=True)))
     seconds = time.perf_counter() - start
     await asyncio.gather(*(c.quit() for c in left if c is not None))
     return seconds, tally
@@ -279,11 +281,12 @@ def split(total: int, parts: int) -> list[range]:
 
 
 
-async def phase(port: int, messages: int, concurrency: int, body: bytes,
+async def phase(ports: list[int], messages: int, concurrency: int, body: bytes,
                 tag: str) -> dict[str, Any]:
-    """Warm up, then measure one server; the result keys are prefixed by the caller."""
-    await measure(port, WARMUP_MESSAGES, concurrency, body, f"{tag}.warmup")
-    seconds, tally = await measure(port, messages, concurrency, body, tag)
+    """Warm up, then measure the servers on ``ports`` (one, or several gateways sharing a
+    database); the result keys are prefixed by the caller."""
+    await measure(ports, WARMUP_MESSAGES, concurrency, body, f"{tag}.warmup")
+    seconds, tally = await measure(ports, messages, concurrency, body, tag)
     return {
         "msgs_per_s": round(tally.ok / seconds, 1) if seconds > 0 else None,
         "seconds": round(seconds, 3),
@@ -347,8 +350,9 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 def start_gateway(workdir: Path, database: str | None, workers: int | None,
-                  rules: Path | None) -> tuple[subprocess.Popen[bytes], int]:
-    """Write a postdesk.yaml into ``workdir`` and run ``postdesk serve`` on it."""
+                  rules: Path | None, role: str = "serve") -> tuple[subprocess.Popen[bytes], int]:
+    """Write a postdesk.yaml into ``workdir`` and run ``postdesk ROLE`` on it (``serve``:
+    everything; ``gateway``: the SMTP intake alone)."""
     workdir.mkdir(parents=True)
     port = free_port()
     config = workdir / "postdesk.yaml"
@@ -357,7 +361,7 @@ def start_gateway(workdir: Path, database: str | None, workers: int | None,
     rules_line = f"rules: [{rules.resolve()}]\n" if rules else ""
     config.write_text(GATEWAY_CONFIG.format(db_url=db_url, port=port, recipient=RECIPIENT,
                                             workers=workers_line, rules=rules_line))
-    cmd = [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"]
+    cmd = [sys.executable, "-m", "gateway.cli", "--config", str(config), role]
     return start(cmd, port, workdir / "serve.log"), port
 
 
@@ -384,11 +388,11 @@ def run_cell(cell: Cell, null_port: int, workdir: Path, args: argparse.Namespace
     body = message_body(cell.size)
     tag = f"{run_tag}.{cell.size}.{cell.concurrency}"
     note(f"cell size={cell.size} concurrency={cell.concurrency}: null server")
-    null = asyncio.run(phase(null_port, cell.messages, cell.concurrency, body, f"{tag}.null"))
+    null = asyncio.run(phase([null_port], cell.messages, cell.concurrency, body, f"{tag}.null"))
     note(f"  null: {null['msgs_per_s']} msgs/s; starting gateway in {workdir}")
     proc, port = start_gateway(workdir, args.database, args.workers, args.rules)
     try:
-        gw = asyncio.run(phase(port, cell.messages, cell.concurrency, body, f"{tag}.gw"))
+        gw = asyncio.run(phase([port], cell.messages, cell.concurrency, body, f"{tag}.gw"))
     finally:
         code = stop(proc)
     problems = log_problems(workdir / "serve.log")

@@ -183,10 +183,31 @@ class _Guarded:
     allowed_networks: list[Any] = []
     stats: GatewayStats | None = None
 
+    _held: bytes = b""  # replies not yet written (see ``push``)
+
     async def push(self, status: Any) -> None:
+        """Send a reply; replies to pipelined commands go out together.
+
+        A client that pipelines (RFC 2920: MAIL, RCPT... DATA in one packet, as Postfix
+        does) waits for the whole group's replies, so a 250 (or a continuation line of a
+        multi-line reply) is held while the next command is already buffered and written
+        with the next reply: one write instead of one per command. Anything else, or a
+        reply after which we would wait for the client, flushes at once.
+        """
         if isinstance(status, str) and status in _AIOSMTPD_REPLIES:
             status = _AIOSMTPD_REPLIES[status].format(limit=self.data_size_limit)
-        await super().push(status)  # type: ignore[misc]
+        line = status if isinstance(status, bytes) else status.encode(  # type: ignore[attr-defined]
+            "utf-8" if self.enable_SMTPUTF8 else "ascii")  # type: ignore[attr-defined]
+        if line[3:4] == b"-" or (line[:3] == b"250" and self._command_waiting()):
+            self._held += line + b"\r\n"
+            return
+        held, self._held = self._held, b""
+        await super().push(held + line)  # type: ignore[misc]
+
+    def _command_waiting(self) -> bool:
+        """Whether a whole command line is already buffered (the client pipelined)."""
+        buffered = getattr(self._reader, "_buffer", None)  # type: ignore[attr-defined]
+        return buffered is not None and b"\n" in buffered
 
     async def _handle_client(self) -> None:
         if not _peer_allowed(self.session.peer, self.allowed_networks):

@@ -114,7 +114,7 @@ def insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]], *,
 
 
 def insert_returning_ids(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> list[int]:
-    """INSERT rows one by one and return their new primary keys, in order."""
+    """INSERT rows and return their new primary keys, in order."""
     if not rows:
         return []
     cursor = _cursor(conn)
@@ -125,12 +125,14 @@ def insert_returning_ids(conn: Connection, table: Table, rows: list[dict[str, An
             cursor.execute(comp.sql, comp.params(row))
             ids.append(cursor.lastrowid)
         return ids
+    # psycopg pipelines the statements (one round trip for all rows); each keeps its result
     comp = _insert(conn.dialect, table, tuple(rows[0]), False, True)
+    cursor.executemany(comp.sql, [comp.params(r) for r in rows], returning=True)
     ids = []
-    for row in rows:
-        cursor.execute(comp.sql, comp.params(row))
+    while True:
         ids.append(cursor.fetchone()[0])
-    return ids
+        if not cursor.nextset():
+            return ids
 
 
 @lru_cache(maxsize=512)  # one entry per statement and IN-list length
