@@ -40,9 +40,8 @@ def create_app(settings: Settings, *, health: Health | None = None,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the signed session
         POSTDESK_HTMX=HTMX.exists(),
     )
-    engine = engine or make_engine(settings.database_url,
-                                   busy_timeout_ms=settings.database.busy_timeout_ms,
-                                   pool_size=settings.console.threads)
+    engine = engine or make_engine(
+        settings.database_url, **settings.database.engine_options(settings.console.threads))
     db.init_db(app, engine)
     app.extensions["postdesk.settings"] = settings  # accounts, tags, templates (message view)
     CSRFProtect(app)

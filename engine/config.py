@@ -108,9 +108,24 @@ def parse_listen(value: str) -> tuple[str, int] | None:
 
 
 class DatabaseSettings(Strict):
+    """Where the store lives and, on PostgreSQL, each process's connection pool."""
+
     url: str | None = None  # None: SQLite file under the instance directory
-    pool_size: int = Field(5, ge=1)
+    # connections each process keeps open; None: the console's thread count in the console,
+    # 5 elsewhere
+    pool_size: int | None = Field(None, ge=1, le=1000)
+    max_overflow: int = Field(10, ge=0, le=1000)  # extra connections opened under load
+    pool_timeout: float = Field(30, gt=0)  # seconds to wait for a free connection
+    pool_recycle: int = Field(1800, ge=-1)  # reopen connections older than this; -1: never
     busy_timeout_ms: int = Field(10_000, ge=0)
+
+    def engine_options(self, default_pool_size: int = 5) -> dict[str, Any]:
+        """Keyword arguments for ``engine.store.database.make_engine`` (SQLite ignores the
+        pool settings: it keeps one file and its own pool)."""
+        return {"busy_timeout_ms": self.busy_timeout_ms,
+                "pool_size": self.pool_size or default_pool_size,
+                "max_overflow": self.max_overflow, "pool_timeout": self.pool_timeout,
+                "pool_recycle": self.pool_recycle}
 
 
 class TLSSettings(Strict):
@@ -174,6 +189,9 @@ class ImapPollDriver(RemoteServer):
     polling_interval: int = Field(60, ge=1, alias="PollingInterval")
     processed_folder: str = "Processed"
     retry_folder: str = "Retry"
+    # one process polls a mailbox at a time: it holds a lease in the database, renewed every
+    # third of this; if the holder dies, another takes over once it expires
+    lease_seconds: float = Field(60, ge=3, le=3600)
 
 
 class OutboundRelayDriver(RemoteServer):

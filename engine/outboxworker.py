@@ -526,8 +526,7 @@ def run_worker(settings: Settings, parent: int | None = None) -> None:
     if parent is not None:
         die_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    engine = make_engine(settings.database_url,
-                         busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = make_engine(settings.database_url, **settings.database.engine_options())
 
     async def main() -> None:
         stopping = asyncio.Event()

@@ -95,13 +95,28 @@ def init(instance: str) -> None:
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Run the SMTP/LMTP gateway, the console and /healthz until SIGTERM."""
+    """Run everything until SIGTERM: SMTP/LMTP, the console, IMAP polling, the outbox."""
+    from gateway.server import SERVE
+
+    _run_services(ctx, SERVE)
+
+
+@main.command("gateway")
+@click.pass_context
+def gateway_cmd(ctx: click.Context) -> None:
+    """Run only the SMTP/LMTP intake (and /healthz on http_listen) until SIGTERM."""
+    from gateway.server import GATEWAY
+
+    _run_services(ctx, GATEWAY)
+
+
+def _run_services(ctx: click.Context, services: Any) -> None:
     from gateway.server import serve as run
 
     settings = settings_from(ctx)
     _check_rules(settings)
     database.upgrade(settings.database_url)
-    sys.exit(run(settings))
+    sys.exit(run(settings, services))
 
 
 def _check_rules(settings: Settings) -> None:

@@ -28,10 +28,13 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from engine.accounts import AccountDirectory
 from engine.config import Settings
 from engine.deliveries import Envelope, Receipt, Rejected
 from engine.intake import Intake
+from engine.leases import LeaseKeeper, LeaseLost, process_id
 from gateway.imapconfig import MailboxSpec, mailboxes
 from gateway.imapconn import ConnectionLost, ImapConnection, ImapError, LoginFailed
 from gateway.imapstatus import PollerHealth, StatusFile, now_iso
@@ -62,9 +65,11 @@ class _Batch:
 class MailboxPoller:
     """Polls one mailbox until ``stop()``; one bad mailbox never affects another."""
 
-    def __init__(self, spec: MailboxSpec, intake: Intake, status_dir: Path | None = None):
+    def __init__(self, spec: MailboxSpec, intake: Intake, status_dir: Path | None = None,
+                 lease: LeaseKeeper | None = None):
         self.spec = spec
         self.intake = intake
+        self.lease = lease  # None: this process is the only poller (no database lease)
         self.health = PollerHealth(spec.account, spec.driver,
                                    f"{spec.server.host}:{spec.server.port}", spec.server.user)
         self.status = StatusFile(status_dir, spec.key)
@@ -79,10 +84,54 @@ class MailboxPoller:
         self._stopping.set()
 
     async def run(self, once: bool = False) -> bool:
-        """Poll until stopped (``once``: drain the INBOX once); False if it ended in error."""
+        """Poll until stopped (``once``: drain the INBOX once); False if it ended in error.
+
+        With a lease, poll only while holding it: wait on standby while another process
+        does, take over when it gives the lease up or lets it expire."""
         if self.spec.problem:
             self._set("error", self.spec.problem)
             return False
+        if self.lease is None:
+            return await self._poll(once)
+        while not self._stopping.is_set():
+            if not await self.lease.try_acquire():
+                if once:
+                    log.info("imap %s: another process polls it (%s)", self.spec.key,
+                             self.lease.current())
+                    return True
+                self._set("standby")
+                await self._sleep(self.lease.retry_every)
+                continue
+            log.info("imap %s: lease taken by %s", self.spec.key, self.lease.holder)
+            try:
+                return await self._poll_holding(once)
+            except LeaseLost as exc:
+                log.warning("imap %s: lease lost (%s); polling stopped", self.spec.key, exc)
+                self.health.error(f"lease lost: {exc}", "standby")
+            finally:
+                await self.lease.release()
+        self._set("stopped")
+        return True
+
+    async def _poll_holding(self, once: bool) -> bool:
+        """``_poll`` while renewing the lease; a lost lease cancels the polling at once (what
+        was committed but not moved is fetched again by the next holder, as a duplicate)."""
+        assert self.lease is not None
+        polling = asyncio.ensure_future(self._poll(once))
+        keeping = asyncio.ensure_future(self.lease.keep())
+        try:
+            await asyncio.wait({polling, keeping}, return_when=asyncio.FIRST_COMPLETED)
+            if keeping.done():
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
+                keeping.result()  # raises LeaseLost
+            return polling.result()
+        finally:
+            for task in (polling, keeping):
+                task.cancel()
+            await asyncio.gather(polling, keeping, return_exceptions=True)
+
+    async def _poll(self, once: bool) -> bool:
         backoff = BACKOFF_START
         while not self._stopping.is_set():
             self._healthy = False
@@ -286,7 +335,9 @@ class MailboxPoller:
             self.health.error(error, state)
         else:
             self.health.state = state
-        if changed or error is not None:
+        # the status file is the holder's to write (a standby on the same instance would
+        # overwrite it); ``postdesk status`` reads who holds the lease from the database
+        if (changed or error is not None) and self.health.state != "standby":
             self.status.write(self.health, force=True)
 
 
@@ -294,15 +345,20 @@ class PollerSet:
     """All pollers of a process: started and stopped together, health for /healthz."""
 
     def __init__(self, specs: list[MailboxSpec], intake: Intake,
-                 status_dir: Path | None = None):
-        self.pollers = [MailboxPoller(spec, intake, status_dir) for spec in specs]
+                 status_dir: Path | None = None, engine: Engine | None = None):
+        """``engine``: take a lease per mailbox in that database (see ``engine.leases``)."""
+        holder = process_id()
+        self.pollers = [MailboxPoller(spec, intake, status_dir, None if engine is None else
+                                      LeaseKeeper(engine, f"imap:{spec.key}",
+                                                  spec.lease_seconds, holder))
+                        for spec in specs]
         self._tasks: list[asyncio.Task[bool]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, directory: AccountDirectory, intake: Intake,
-                      only: Sequence[str] = ()) -> PollerSet:
+                      only: Sequence[str] = (), engine: Engine | None = None) -> PollerSet:
         return cls(mailboxes(settings, directory, only), intake,
-                   settings.instance_dir / "status")
+                   settings.instance_dir / "status", engine)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -34,6 +34,7 @@ from engine.accounts import AccountDirectory, sync_accounts
 from engine.config import ConfigError, Settings, load_settings, tag_keys
 from engine.decisions import RuleFiles
 from engine.intake import Intake
+from engine.leases import holders
 from engine.store import database
 from gateway.imap import PollerSet, mailboxes
 from gateway.imapstatus import read_status
@@ -90,7 +91,8 @@ async def _poll(settings: Settings, directory: AccountDirectory, accounts: tuple
     intake = _intake(settings, directory, rules=True)
     stopping = asyncio.Event()
     await _start(intake, stopping.set)
-    pollers = PollerSet.from_settings(settings, directory, intake, accounts)
+    engine = database.make_engine(settings.database_url, **settings.database.engine_options(2))
+    pollers = PollerSet.from_settings(settings, directory, intake, accounts, engine)
     try:
         if once:
             return 0 if await pollers.run_once() else 1
@@ -100,6 +102,7 @@ async def _poll(settings: Settings, directory: AccountDirectory, accounts: tuple
         return 0
     finally:
         await intake.stop()
+        engine.dispose()
 
 
 @click.command()
@@ -118,14 +121,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
                    f"last poll {box.get('last_poll') or 'never'}, fetched "
                    f"{box.get('fetched', 0)}, retried {box.get('retried', 0)}"
                    + (f"\n  last error: {box['last_error']}" if box.get("last_error") else ""))
+        lease = box.get("lease")
+        click.echo(f"  polled by {lease['holder']} since {lease['since']}, lease until "
+                   f"{lease['until']}{' (expired)' if lease['expired'] else ''}" if lease
+                   else "  polled by: nobody (no lease held)")
 
 
 def _status(settings: Settings) -> dict[str, Any]:
     engine = database.make_engine(settings.database_url)
+    leases: dict[str, dict[str, Any]] = {}
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         db = "ok"
+        leases = holders(engine)
     except Exception as exc:  # noqa: BLE001 — reported, not raised
         db = f"error: {exc.__class__.__name__}"
     finally:
@@ -139,9 +148,11 @@ def _status(settings: Settings) -> dict[str, Any]:
             if getattr(driver, "type", None) != "imap-poll":
                 continue
             effective = settings.effective_driver(use)
-            boxes.append(files.get(f"{acc.name}/{name}") or {
+            box = files.get(f"{acc.name}/{name}") or {
                 "account": acc.name, "driver": name, "state": "not running",
-                "server": f"{effective.host}:{effective.port}", "user": effective.user})
+                "server": f"{effective.host}:{effective.port}", "user": effective.user}
+            box["lease"] = leases.get(f"imap:{acc.name}/{name}")  # which process polls it
+            boxes.append(box)
     return {"database": db, "accounts": [a.name for a in settings.accounts], "imap": boxes}
 
 

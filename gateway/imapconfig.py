@@ -31,6 +31,7 @@ class MailboxSpec:
     max_size: int
     hostname: str
     problem: str | None = None  # a configuration problem: report it, never connect
+    lease_seconds: float = 60.0  # see engine.leases
 
     @property
     def key(self) -> str:
@@ -69,4 +70,5 @@ def _spec(settings: Settings, account: str, account_id: int, address: str, name:
                             password or "", driver.timeout, ca_file)
     return MailboxSpec(account, account_id, address, name, server, driver.polling_interval,
                        driver.processed_folder, driver.retry_folder,
-                       settings.gateway.max_message_size, settings.gateway.hostname, problem)
+                       settings.gateway.max_message_size, settings.gateway.hostname, problem,
+                       driver.lease_seconds)

@@ -32,6 +32,7 @@ class PollerHealth:
     server: str
     user: str
     state: str = "starting"  # connecting | polling | idle | waiting | backoff | error | stopped
+    #                         | standby (another process holds the lease)
     idle_supported: bool | None = None
     last_poll: str | None = None
     last_success: str | None = None

@@ -35,8 +35,7 @@ def outbox(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     database.upgrade(settings.database_url)
-    engine = database.make_engine(settings.database_url,
-                                  busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = database.make_engine(settings.database_url, **settings.database.engine_options(1))
     sync_accounts(engine, settings)
     engine.dispose()
     run_worker(settings)

@@ -1,11 +1,14 @@
-"""Starts the services of ``postdesk serve`` and stops them cleanly.
+"""Starts the services of ``postdesk serve`` (or of one role: ``postdesk gateway``) and
+stops them cleanly.
 
 The listening sockets are bound once, up front (a taken port fails before anything runs);
 then one or more worker processes (``gateway.workers``) each run the SMTP and LMTP listeners
 on one asyncio loop with their own intake writer; worker 0 also serves HTTP (the console with
-/healthz, on waitress threads beside the loop: ``gateway.http``) and polls the IMAP mailboxes
-(``gateway.imap``). On SIGTERM/SIGINT the listeners stop accepting, in-flight
-transactions finish (their 250s are sent), pending commits drain, and the process exits.
+/healthz, on waitress threads beside the loop: ``gateway.http``), polls the IMAP mailboxes
+(``gateway.imap``) and starts the outbox worker — each as far as ``Services`` asks: ``serve``
+runs all of them, ``postdesk gateway`` only the listeners and a bare /healthz. On
+SIGTERM/SIGINT the listeners stop accepting, in-flight transactions finish (their 250s are
+sent), pending commits drain, and the process exits.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,16 +43,31 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a process runs besides the SMTP/LMTP listeners (worker 0 only, when forking)."""
+
+    console: bool = True  # the console on http_listen; False: a bare /healthz there
+    pollers: bool = True  # the IMAP pollers (one per mailbox across processes: a lease)
+    outbox: bool = True  # the outbox worker, in a child process
+
+
+SERVE = Services()  # postdesk serve: everything in one process tree
+GATEWAY = Services(console=False, pollers=False, outbox=False)  # postdesk gateway
+
+
 class Gateway:
     """The running services of one process; ``run`` blocks until a stop signal."""
 
     def __init__(self, settings: Settings, sockets: dict[str, socket.socket],
-                 directory: AccountDirectory, *, http: bool = True, worker: int = 0):
+                 directory: AccountDirectory, *, services: Services = SERVE, worker: int = 0):
         self.settings = settings
         self.directory = directory
-        self.sockets = sockets if http else {k: v for k, v in sockets.items() if k != "http"}
+        self.services = services
+        self.sockets = sockets if worker == 0 else {
+            k: v for k, v in sockets.items() if k != "http"}
         self.worker = worker
-        self.engine = _engine(settings)  # health checks; the intake writer has its own
+        self.engine = _engine(settings)  # health and leases; the intake writer has its own
         self.stats = GatewayStats()
         rules = RuleFiles([str(p) for p in settings.rules], directory.names,
                           tag_keys(settings), frozenset(directory.by_address),
@@ -61,12 +79,14 @@ class Gateway:
         self.wsgi: WsgiServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.handlers: list[IntakeHandler] = []
-        # IMAP mailboxes are polled by one process only (worker 0 when pre-forking)
-        self.pollers = PollerSet.from_settings(settings, directory, self.intake) \
-            if worker == 0 else PollerSet([], self.intake)
-        # one outbox worker per instance, in its own process (rows are claimed: more would
-        # be safe); worker 0 starts it
-        self.sends = worker == 0
+        # IMAP mailboxes are polled by one process only (worker 0 when pre-forking, and a
+        # lease in the database against other processes)
+        self.pollers = PollerSet.from_settings(settings, directory, self.intake,
+                                               engine=self.engine) \
+            if worker == 0 and services.pollers else PollerSet([], self.intake)
+        # one outbox worker per process tree, in its own process (rows are claimed: more
+        # are safe); worker 0 starts it
+        self.sends = worker == 0 and services.outbox
         self.outbox: multiprocessing.process.BaseProcess | None = None
         self.stopping = asyncio.Event()
 
@@ -95,9 +115,10 @@ class Gateway:
         log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
 
     async def _start_http(self) -> None:
-        """The console on waitress threads if installed, else the bare /healthz responder."""
+        """The console on waitress threads if wanted and installed, else a bare /healthz."""
         self._loop = asyncio.get_running_loop()
-        app = load_app(self.settings, self._health_from_thread)
+        app = load_app(self.settings, self._health_from_thread) \
+            if self.services.console else None
         if app is None:
             self.servers["http"] = await asyncio.start_server(self._http,
                                                               sock=self.sockets["http"])
@@ -169,7 +190,7 @@ class Gateway:
         }
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A minimal HTTP/1.0 responder for /healthz when no console is installed."""
+        """A minimal HTTP/1.0 responder for /healthz without the console."""
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             path = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else "/"
@@ -227,23 +248,25 @@ def _bind(host: str, port: int, retry_seconds: float) -> socket.socket:
             time.sleep(0.1)
 
 
-def serve(settings: Settings) -> int:
-    """Run all services until SIGTERM (``postdesk serve``); returns the exit status."""
+def serve(settings: Settings, services: Services = SERVE) -> int:
+    """Run the services until SIGTERM (``postdesk serve``, ``postdesk gateway``), pre-forking
+    ``gateway.workers`` processes; returns the exit status."""
     sockets = bind_sockets(settings)
     engine = _engine(settings)
     directory = sync_accounts(engine, settings)  # once, before any worker accepts
     engine.dispose()  # workers open their own connections
     if settings.gateway.workers == 1:
-        asyncio.run(Gateway(settings, sockets, directory).run())
+        asyncio.run(Gateway(settings, sockets, directory, services=services).run())
         return 0
     from gateway.workers import Supervisor
 
     def worker(index: int) -> None:
-        asyncio.run(Gateway(settings, sockets, directory, http=index == 0, worker=index).run())
+        asyncio.run(Gateway(settings, sockets, directory, services=services,
+                            worker=index).run())
 
     return Supervisor(settings.gateway.workers, worker).run()
 
 
 def _engine(settings: Settings) -> Engine:
-    return make_engine(settings.database_url, busy_timeout_ms=settings.database.busy_timeout_ms,
-                       pool_size=settings.database.pool_size)
+    """Health checks and leases: a small pool (``database.pool_size`` if set)."""
+    return make_engine(settings.database_url, **settings.database.engine_options(2))

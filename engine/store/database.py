@@ -67,8 +67,14 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) -> Engine:
-    """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs."""
+def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
+                max_overflow: int = 10, pool_timeout: float = 30,
+                pool_recycle: int = 1800) -> Engine:
+    """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs.
+
+    The pool settings apply to PostgreSQL, whose connections are also checked before use
+    (``pool_pre_ping``): after a database restart the first checkout reconnects instead
+    of failing on a dead connection."""
     sync_url = driver_url(url, async_=False)
     if make_url(sync_url).get_backend_name() == "sqlite":
         _ensure_sqlite_dir(sync_url)
@@ -76,11 +82,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5) 
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(sync_url, pool_size=pool_size, pool_pre_ping=True)
+    return create_engine(sync_url, pool_pre_ping=True, connect_args=PG_CONNECT,
+                         **_pool(pool_size, max_overflow, pool_timeout, pool_recycle))
 
 
-def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000,
-                      pool_size: int = 5) -> AsyncEngine:
+def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
+                      max_overflow: int = 10, pool_timeout: float = 30,
+                      pool_recycle: int = 1800) -> AsyncEngine:
     """An async engine (aiosqlite / asyncpg) over the same schema."""
     async_url = driver_url(url, async_=True)
     if make_url(async_url).get_backend_name() == "sqlite":
@@ -89,7 +97,19 @@ def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000,
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(async_url, pool_size=pool_size, pool_pre_ping=True)
+    return create_async_engine(async_url, pool_pre_ping=True,
+                               **_pool(pool_size, max_overflow, pool_timeout, pool_recycle))
+
+
+# A server that is down or unreachable must fail fast (the gateway answers 451 and the MTA
+# retries), not hang an SMTP transaction: bound connecting and keep TCP probing idle links.
+PG_CONNECT = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30,
+              "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _pool(size: int, overflow: int, timeout: float, recycle: int) -> dict[str, Any]:
+    return {"pool_size": size, "max_overflow": overflow, "pool_timeout": timeout,
+            "pool_recycle": recycle}
 
 
 def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Event:

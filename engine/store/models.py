@@ -495,3 +495,18 @@ class SiteWord(Base):
 
     word: Mapped[str] = mapped_column(String(100), primary_key=True)  # lower case
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Lease(Base):
+    """Who does a job that must run once at a time (polling one mailbox), until when.
+
+    Taken and renewed with single conditional statements (``engine.leases``); a holder that
+    dies simply stops renewing, and the row is free again once ``expires_at`` has passed.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # e.g. imap:support/mailbox
+    holder: Mapped[str] = mapped_column(String(200))  # host:pid:nonce of the holding process
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
