@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
 import socket
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, or_, select, update
@@ -32,9 +34,34 @@ log = logging.getLogger(__name__)
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
+def _machine() -> str:
+    """This boot of this machine and pid namespace: where a holder's pid can be checked."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return "unknown"
+    return hashlib.sha256(f"{boot}:{namespace}".encode()).hexdigest()[:8]
+
+
 def process_id() -> str:
-    """This process's name as a holder: host, pid and a nonce (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    """This process's name as a holder: host, pid, machine tag and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_machine()}:{secrets.token_hex(3)}"
+
+
+def dead_here(holder: str) -> bool:
+    """True if ``holder`` was a process on this machine (same boot, same pid namespace)
+    that no longer exists: its lease need not run out before another takes it."""
+    parts = holder.split(":")
+    if len(parts) != 4 or parts[2] != _machine() or parts[2] == "unknown":
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def acquire(engine: Engine, name: str, holder: str, seconds: float) -> bool:
@@ -51,6 +78,16 @@ def acquire(engine: Engine, name: str, holder: str, seconds: float) -> bool:
     ).returning(table.c.holder)
     with writer(engine).begin() as conn:
         return conn.execute(statement).first() is not None
+
+
+def take_over(engine: Engine, name: str, dead: str, holder: str, seconds: float) -> bool:
+    """Take the lease from the holder ``dead`` (compare and swap: only if it still holds)."""
+    now = utcnow()
+    with writer(engine).begin() as conn:
+        return conn.execute(update(Lease).where(Lease.name == name, Lease.holder == dead)
+                            .values(holder=holder, acquired_at=now,
+                                    expires_at=now + timedelta(seconds=seconds))
+                            ).rowcount == 1
 
 
 def renew(engine: Engine, name: str, holder: str, seconds: float) -> bool:
@@ -109,14 +146,27 @@ class LeaseKeeper:
         """One attempt; a database error counts as not acquired."""
         started = time.monotonic()
         try:
-            self.held = await asyncio.to_thread(acquire, self.engine, self.name, self.holder,
-                                                self.seconds)
+            self.held = await asyncio.to_thread(self._acquire)
         except Exception as exc:  # noqa: BLE001 — the database is down: try again later
             log.warning("lease %s: cannot reach the database: %s", self.name, exc)
             self.held = False
         if self.held:
             self._valid_until = started + self.seconds
         return self.held
+
+    def _acquire(self) -> bool:
+        if acquire(self.engine, self.name, self.holder, self.seconds):
+            return True
+        current = holders(self.engine).get(self.name)
+        if current is None or not dead_here(current["holder"]):
+            return False
+        log.warning("lease %s: holder %s is gone; taking over", self.name, current["holder"])
+        return take_over(self.engine, self.name, current["holder"], self.holder, self.seconds)
+
+    def valid(self) -> bool:
+        """Whether our last claim is still running (a process frozen past its expiry,
+        e.g. SIGSTOP, must not go on before its keeper has noticed)."""
+        return self.held and time.monotonic() < self._valid_until
 
     async def keep(self) -> None:
         """Renew every third of the lifetime; raises ``LeaseLost`` when it ends."""

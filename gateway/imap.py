@@ -139,6 +139,8 @@ class MailboxPoller:
                 await self._session(once)
                 if once:
                     return True
+            except LeaseLost:
+                raise
             except Exception as exc:  # noqa: BLE001 — one mailbox must not stop the others
                 delay = self._failed(exc, backoff)
                 if once:
@@ -272,7 +274,12 @@ class MailboxPoller:
                 prefetch.cancel()
         return fetched
 
+    def _check_lease(self) -> None:
+        if self.lease is not None and not self.lease.valid():
+            raise LeaseLost("expired while polling")
+
     async def _commit(self, bodies: dict[int, bytes]) -> dict[int, Any]:
+        self._check_lease()
         uids = list(bodies)
         outcomes = await asyncio.gather(
             *(self.intake.receive(bodies[uid], self._envelope(uid, bodies[uid])) for uid in uids),
@@ -319,6 +326,7 @@ class MailboxPoller:
         await self._to_retry(conn, given_up, FAILED)
 
     async def _move(self, conn: ImapConnection, uids: list[int]) -> None:
+        self._check_lease()
         await conn.move(uids, self.spec.processed_folder, use_move=self.use_move)
 
     async def _to_retry(self, conn: ImapConnection, uids: list[int], why: str) -> None:

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL cluster for tests (Debian's server binaries; ``make test`` installs
 them as root): ``cluster()`` starts one on a free loopback port and yields its URL, and
 ``fresh_database(url)`` makes an empty database in it. ``POSTDESK_TEST_POSTGRES`` (a URL)
-uses an existing server instead."""
+uses an existing server instead. ``server()`` yields a ``Server`` of our own that a test
+can stop and start again."""
 
 from __future__ import annotations
 
@@ -29,31 +30,66 @@ def cluster() -> Iterator[str]:
     if os.environ.get("POSTDESK_TEST_POSTGRES"):
         yield os.environ["POSTDESK_TEST_POSTGRES"]
         return
-    bin_dir = _bin()
-    if bin_dir is None:
-        raise RuntimeError("PostgreSQL server binaries not installed "
-                           "(make test installs them as root)")
-    root = Path(tempfile.mkdtemp(prefix="pg-test-"))  # chowned: not under tmp_path
-    root.chmod(0o755)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = root / "data"
-    subprocess.run([*as_user, bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-l", root / "log", "-w", "-o",
-                    f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off", "start"],
-                   check=True, capture_output=True, timeout=60)
+    with server() as running:
+        yield running.url
+
+
+class Server:
+    """A throwaway server that a test can stop, start and restart (a database outage)."""
+
+    def __init__(self) -> None:
+        bin_dir = _bin()
+        if bin_dir is None:
+            raise RuntimeError("PostgreSQL server binaries not installed "
+                               "(make test installs them as root)")
+        self.bin = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="pg-test-"))  # chowned: not under tmp_path
+        self.root.chmod(0o755)
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.data = self.root / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        subprocess.run([*self.as_user, self.bin / "initdb", "-D", self.data, "-U", "postgres",
+                        "--auth=trust", "--no-sync", "-E", "UTF8"],
+                       check=True, capture_output=True, timeout=120)
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-l",
+                        self.root / "log", "-w", *args], check=True, capture_output=True,
+                       timeout=60)
+
+    def start(self) -> None:
+        self._ctl("-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+                  "-c fsync=off", "start")
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: sessions are terminated, the port closes."""
+        self._ctl("-m", "fast", "stop")
+
+    def restart(self) -> None:
+        self._ctl("-m", "fast", "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                  f"-k {self.root} -c fsync=off", "restart")
+
+    def destroy(self) -> None:
+        subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-m", "fast",
+                        "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def server() -> Iterator[Server]:
+    """A started ``Server`` of our own (never ``POSTDESK_TEST_POSTGRES``: tests stop it)."""
+    running = Server()
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        running.start()
+        yield running
     finally:
-        subprocess.run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "fast", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        running.destroy()
 
 
 def fresh_database(url: str) -> str:

@@ -1,6 +1,7 @@
 """Alembic environment: runs migrations with Postdesk's own engine setup (WAL, pragmas)."""
 
 from alembic import context
+from sqlalchemy import text
 
 from engine.store.database import make_engine
 from engine.store.models import Base
@@ -28,6 +29,10 @@ def _run(connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # several roles starting at once on one database: one migrates, the others
+            # wait here and then find the schema current (released at commit)
+            connection.execute(text("SELECT pg_advisory_xact_lock(5837001)"))
         context.run_migrations()
 
 
