@@ -248,6 +248,9 @@ class OutboxSettings(Strict):
     retry_max_seconds: float = Field(3600, gt=0)
     give_up_after_hours: float = Field(48, gt=0)  # a transient failure older than this fails
     poll_seconds: float = Field(1.0, gt=0)
+    # a row a worker has been sending for longer than this (the worker is gone, e.g. its
+    # machine) is sent again by another; a dead worker on the same machine is seen at once
+    claim_seconds: float = Field(600, ge=10)
     batch: int = Field(20, ge=1)
     auto_per_sender: int = Field(1, ge=0)  # automatic mails per sender and account...
     auto_window_hours: float = Field(24, gt=0)  # ...in this window (0 per sender: none)

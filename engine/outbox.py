@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from engine.autoresponse import is_out_of_office, suppression_reason
+from engine.leases import dead_here
 from engine.mime import ParsedMessage
 from engine.reasons import DEFAULT_RESOURCE, reason_for
 from engine.store.models import History, Outbox, OutboxState, Suppression, Switch
@@ -112,8 +113,10 @@ def backoff(attempts: int, base: float, ceiling: float, rng: random.Random | Non
     return delay / 2 + (rng or random).random() * delay / 2
 
 
-def claim_due(conn: Connection, now: datetime, limit: int, automatic_ok: bool) -> list[int]:
-    """Mark up to ``limit`` due rows ``sending`` and return their ids (oldest first)."""
+def claim_due(conn: Connection, now: datetime, limit: int, automatic_ok: bool, *,
+              claimed_by: str | None = None, claim_seconds: float = 600) -> list[int]:
+    """Mark up to ``limit`` due rows ``sending`` by ``claimed_by`` for at most
+    ``claim_seconds`` and return their ids (oldest first)."""
     query = (select(Outbox.id).where(Outbox.state == OutboxState.PENDING.value,
                                      Outbox.next_attempt_at <= now)
              .order_by(Outbox.next_attempt_at, Outbox.id).limit(limit))
@@ -124,18 +127,25 @@ def claim_due(conn: Connection, now: datetime, limit: int, automatic_ok: bool) -
     ids = list(conn.execute(query).scalars())
     if ids:
         conn.execute(update(Outbox).where(Outbox.id.in_(ids))
-                     .values(state=OutboxState.SENDING.value, attempts=Outbox.attempts + 1))
+                     .values(state=OutboxState.SENDING.value, attempts=Outbox.attempts + 1,
+                             claimed_by=claimed_by,
+                             next_attempt_at=now + timedelta(seconds=claim_seconds)))
     return ids
 
 
-def interrupted(conn: Connection) -> list[int]:
-    """Rows left ``sending`` by a worker that stopped mid-way: due again at once."""
-    ids = list(conn.execute(select(Outbox.id).where(
-        Outbox.state == OutboxState.SENDING.value)).scalars())
+def interrupted(conn: Connection, now: datetime | None = None,
+                mine: str | None = None) -> list[int]:
+    """Rows left ``sending`` by a worker that stopped mid-way — its claim ran out, it was a
+    process of this machine that is gone, or it is ``mine`` (the caller has none in hand)
+    — due again at once. Rows a live worker is sending stay its own."""
+    now = now or datetime.now(UTC)
+    rows = conn.execute(select(Outbox.id, Outbox.claimed_by, Outbox.next_attempt_at)
+                        .where(Outbox.state == OutboxState.SENDING.value)).all()
+    ids = [r.id for r in rows if r.claimed_by is None or r.claimed_by == mine
+           or r.next_attempt_at <= now or dead_here(r.claimed_by)]
     if ids:
         conn.execute(update(Outbox).where(Outbox.id.in_(ids))
-                     .values(state=OutboxState.PENDING.value, next_attempt_at=func.now()
-                             if conn.dialect.name == "postgresql" else datetime.now(UTC)))
+                     .values(state=OutboxState.PENDING.value, next_attempt_at=now))
         for pk in ids:
             record(conn, pk, "send-interrupted",
                    {"policy": "resent with the same Message-ID"})

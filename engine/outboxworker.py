@@ -24,6 +24,7 @@ from typing import Any
 
 import aiosmtplib
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import compose
 from engine.autoresponse import loop_headers
@@ -32,6 +33,7 @@ from engine.bouncing import SUPPRESS_STATUSES
 from engine.config import AccountSettings, Settings, tag_keys
 from engine.decisions import RulesContext, decision_columns, redecide
 from engine.deliveries import message_columns
+from engine.leases import process_id
 from engine.mergefields import AckInfo, InboundFields, TemplateError, merge_context
 from engine.mime import parse_message
 from engine.outbox import (
@@ -67,6 +69,9 @@ from rules.schema import RuleErrors, load_rules
 
 log = logging.getLogger(__name__)
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")  # RFC 3463 enhanced status code
+UNAVAILABLE = (OperationalError, InterfaceError)  # the database is down or restarting
+DOWN_BACKOFF_MAX = 10.0  # seconds between attempts while it is
+RECOVER_EVERY = 30.0  # seconds between looks for rows other workers left mid-send
 HOLD_AFTER_SEND = "POSTDESK_TEST_HOLD_AFTER_SEND"  # tests: crash between 250 and bookkeeping
 
 
@@ -121,6 +126,7 @@ class OutboxWorker:
         self._sql_engine: Engine | None = None
         self.keys: TagKeys | None = tag_keys(settings)
         self.stats = OutboxStats()
+        self.holder = process_id()  # names the rows this worker is sending
         with engine.connect() as conn:
             self.accounts = {row.id: row.name for row in conn.execute(
                 select(Account.id, Account.name))}
@@ -131,20 +137,34 @@ class OutboxWorker:
                 "last_error": self.stats.last_error, "paused": self.stats.paused}
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await asyncio.to_thread(self._recover)
+        """Claim and send until ``stopping``; a database outage is waited out (backing off
+        up to ``DOWN_BACKOFF_MAX``), and rows other workers left mid-send are taken back
+        every ``RECOVER_EVERY`` seconds."""
+        down, recovered = 0.0, -RECOVER_EVERY
         while not stopping.is_set():
             try:
+                if time.monotonic() - recovered >= RECOVER_EVERY:
+                    await asyncio.to_thread(self._recover)
+                    recovered = time.monotonic()
                 busy = await self.step()
-            except Exception:  # a database hiccup must not end the worker
+                down = 0.0
+            except UNAVAILABLE as exc:  # the database is down or restarting: wait it out
+                down = min(max(down * 2, self.config.poll_seconds), DOWN_BACKOFF_MAX)
+                log.warning("outbox: database unavailable (%s); retrying in %.1f s",
+                            str(exc.orig).strip().splitlines()[0], down)
+                busy = 0
+            except Exception:  # a bug must not end the worker
                 log.exception("outbox round failed; retrying")
                 busy = 0
             if not busy:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.config.poll_seconds)
+                    await asyncio.wait_for(stopping.wait(), down or self.config.poll_seconds)
 
     def _recover(self) -> None:
         with writer(self.engine).begin() as conn:
-            ids = interrupted(conn)
+            # between rounds none of our own rows is in hand: one still ``sending`` was
+            # cut off by a database outage
+            ids = interrupted(conn, mine=self.holder)
         if ids:
             log.warning("outbox rows %s were interrupted mid-send: sending again with the "
                         "same Message-ID", ids)
@@ -180,7 +200,8 @@ class OutboxWorker:
                               "restarts it", reason)
                     self.stats.paused = reason
             ids = claim_due(conn, now, budget if self.stats.paused is None
-                            else self.config.batch, self.stats.paused is None)
+                            else self.config.batch, self.stats.paused is None,
+                            claimed_by=self.holder, claim_seconds=self.config.claim_seconds)
             table = Outbox.__table__
             rows = conn.execute(select(table).where(table.c.id.in_(ids))
                                 .order_by(table.c.id)).all() if ids else []

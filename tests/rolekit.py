@@ -28,12 +28,14 @@ class DbInstance(Instance):
 class Role:
     """One ``postdesk`` role process, in its own session, logging to ``<name>.log``."""
 
-    def __init__(self, instance: Instance, *args: str, name: str) -> None:
+    def __init__(self, instance: Instance, *args: str, name: str,
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = instance.dir / f"{name}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 — closed with the process
         self.proc = subprocess.Popen([*POSTDESK, "--config", str(instance.config), *args],
                                      cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     env={**os.environ, **env} if env else None)
 
     @property
     def pid(self) -> int:

@@ -335,6 +335,9 @@ class Outbox(Base):
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # the worker sending it (``engine.leases.process_id``); while ``sending``,
+    # ``next_attempt_at`` is when its claim runs out (another worker then sends it again)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
     last_error: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str | None] = mapped_column(String(20))  # last SMTP / DSN status code
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers import Instance, make_mail
-from outboxkit import outbox_config, prepare, rows, send
+from outboxkit import history, outbox_config, prepare, rows, send
 from relay import Relay
 from rolekit import Role, wait_until
 
@@ -73,6 +73,30 @@ def test_gateway_role_takes_mail_in_and_the_outbox_role_sends_it(instance: Insta
         instance.proc = None
     finally:
         for role in (gateway, outbox):
+            if role is not None:
+                role.kill()
+
+
+def test_a_second_outbox_worker_leaves_rows_the_first_is_sending_alone(
+        instance: Instance, relay: Relay) -> None:
+    prepare(instance, relay, RULES)
+    gateway = Role(instance, "gateway", name="gateway").wait_port(instance.smtp)
+    first = Role(instance, "outbox", name="outbox-slow",
+                 env={"POSTDESK_TEST_HOLD_AFTER_SEND": "10"})
+    second: Role | None = None
+    try:
+        send(instance, make_mail("slow", message_id="<slow@client.test>"))
+        relay.wait_for(1, timeout=60)  # sent; the first worker holds on before recording it
+        second = Role(instance, "outbox", name="outbox-second")
+        time.sleep(5)  # the second worker has started and looked for interrupted rows
+        assert [r.state for r in rows(instance)] == ["sending"]
+        wait_until(lambda: [r.state for r in rows(instance)] == ["sent"], 30, "recorded")
+        time.sleep(1)
+        assert len(relay.received) == 1  # never taken back and sent twice
+        assert history(instance, "send-interrupted") == []
+        assert gateway.stop() == 0
+    finally:
+        for role in (gateway, first, second):
             if role is not None:
                 role.kill()
 

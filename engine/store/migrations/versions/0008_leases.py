@@ -1,7 +1,9 @@
-"""leases: one poller per mailbox across processes and machines
+"""leases: one poller per mailbox across processes and machines; outbox claims by worker
 
 ``leases`` holds, per job that must run once at a time (``imap:<account>/<driver>``), the
-process holding it and when its claim expires (``engine.leases``).
+process holding it and when its claim expires (``engine.leases``). ``outbox.claimed_by``
+names the worker sending a row, so a worker starting elsewhere no longer takes back rows
+that a live worker is sending.
 
 Revision ID: 0008
 Revises: 0007
@@ -26,7 +28,10 @@ def upgrade() -> None:
         sa.Column("expires_at", engine.store.models.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_leases")),
     )
+    op.add_column("outbox", sa.Column("claimed_by", sa.String(length=200), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("claimed_by")
     op.drop_table("leases")
