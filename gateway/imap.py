@@ -110,7 +110,10 @@ class MailboxPoller:
                 self.health.error(f"lease lost: {exc}", "standby")
             finally:
                 await self.lease.release()
-        self._set("stopped")
+        if self.health.state == "standby":  # the status file is the holder's
+            self.health.state = "stopped"
+        else:
+            self._set("stopped")
         return True
 
     async def _poll_holding(self, once: bool) -> bool:
