@@ -11,7 +11,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import select
@@ -27,6 +27,9 @@ from gateway.rules_cli import load_or_exit
 from gateway.rules_cli import rules as rules_cmd
 from gateway.template_cli import template as template_cmd
 from gateway.user_cli import user as user_cmd
+
+if TYPE_CHECKING:
+    from gateway.server import Services
 
 DEFAULTS = Path(__file__).resolve().parent.parent / "engine" / "defaults"
 RULES_EXAMPLE = Path(__file__).resolve().parent.parent / "rules.example.yaml"
@@ -110,7 +113,8 @@ def gateway_cmd(ctx: click.Context) -> None:
     _run_services(ctx, GATEWAY)
 
 
-def _run_services(ctx: click.Context, services: Any) -> None:
+def _run_services(ctx: click.Context, services: Services) -> None:
+    """Check the rules, migrate, then run ``services`` until SIGTERM."""
     from gateway.server import serve as run
 
     settings = settings_from(ctx)
