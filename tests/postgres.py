@@ -37,7 +37,8 @@ def cluster() -> Iterator[str]:
 class Server:
     """A throwaway server that a test can stop, start and restart (a database outage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.options = "" if durable else " -c fsync=off"  # tests need no crash safety
         bin_dir = _bin()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL server binaries not installed "
@@ -64,8 +65,8 @@ class Server:
                        timeout=60)
 
     def start(self) -> None:
-        self._ctl("-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                  "-c fsync=off", "start")
+        self._ctl("-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
+                  f"{self.options}", "start")
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: sessions are terminated, the port closes."""
@@ -73,7 +74,7 @@ class Server:
 
     def restart(self) -> None:
         self._ctl("-m", "fast", "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                  f"-k {self.root} -c fsync=off", "restart")
+                  f"-k {self.root}{self.options}", "restart")
 
     def destroy(self) -> None:
         subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-m", "fast",
@@ -82,9 +83,10 @@ class Server:
 
 
 @contextmanager
-def server() -> Iterator[Server]:
-    """A started ``Server`` of our own (never ``POSTDESK_TEST_POSTGRES``: tests stop it)."""
-    running = Server()
+def server(*, durable: bool = False) -> Iterator[Server]:
+    """A started ``Server`` of our own (never ``POSTDESK_TEST_POSTGRES``: tests stop it);
+    ``durable``: with fsync, as a production server (benchmarks)."""
+    running = Server(durable=durable)
     try:
         running.start()
         yield running

@@ -69,12 +69,12 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
                 max_overflow: int = 10, pool_timeout: float = 30,
-                pool_recycle: int = 1800) -> Engine:
+                pool_recycle: int = 1800, pre_ping: bool = True) -> Engine:
     """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs.
 
     The pool settings apply to PostgreSQL, whose connections are also checked before use
-    (``pool_pre_ping``): after a database restart the first checkout reconnects instead
-    of failing on a dead connection."""
+    (``pre_ping``, the default): after a database restart the first checkout reconnects
+    instead of failing on a dead connection."""
     sync_url = driver_url(url, async_=False)
     if make_url(sync_url).get_backend_name() == "sqlite":
         _ensure_sqlite_dir(sync_url)
@@ -82,7 +82,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(sync_url, pool_pre_ping=True, connect_args=PG_CONNECT,
+    return create_engine(sync_url, pool_pre_ping=pre_ping, connect_args=PG_CONNECT,
                          **_pool(pool_size, max_overflow, pool_timeout, pool_recycle))
 
 
