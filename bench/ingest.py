@@ -7,7 +7,8 @@ For every cell (message size x concurrent connections) it reports msgs/s for bot
 their ratio and the gateway's DATA->250 latency (p50, p99), as one JSON document on stdout.
 Each cell gets a fresh temp directory, database and gateway process so cells are independent.
 
-Usage: ``python bench/ingest.py [--messages N] [--sizes 1024,20480] [--concurrency 1,20]``.
+Usage: ``python bench/ingest.py [--messages N] [--sizes 1024,20480] [--concurrency 1,20]
+[--rules FILE] [--role serve|gateway] [--database URL|postgresql]``.
 ``python bench/ingest.py --null-server PORT`` runs only the null server (used internally).
 """
 
@@ -25,6 +26,8 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,14 +386,14 @@ class Cell:
 
 
 def run_cell(cell: Cell, null_port: int, workdir: Path, args: argparse.Namespace,
-             run_tag: str) -> dict[str, Any]:
+             run_tag: str, database: str | None) -> dict[str, Any]:
     """Null server first, then a fresh gateway, same messages; one result row."""
     body = message_body(cell.size)
     tag = f"{run_tag}.{cell.size}.{cell.concurrency}"
     note(f"cell size={cell.size} concurrency={cell.concurrency}: null server")
     null = asyncio.run(phase([null_port], cell.messages, cell.concurrency, body, f"{tag}.null"))
     note(f"  null: {null['msgs_per_s']} msgs/s; starting gateway in {workdir}")
-    proc, port = start_gateway(workdir, args.database, args.workers, args.rules)
+    proc, port = start_gateway(workdir, database, args.workers, args.rules, args.role)
     try:
         gw = asyncio.run(phase([port], cell.messages, cell.concurrency, body, f"{tag}.gw"))
     finally:
@@ -424,25 +427,47 @@ def row(cell: Cell, null: dict[str, Any], gw: dict[str, Any], code: int,
 
 
 
+@contextmanager
+def postgresql_databases(server_url: str | None = None) -> Iterator[Callable[[], str]]:
+    """Yields a function making a fresh database on the PostgreSQL server ``server_url``, or
+    on a cluster started for the run (the test suite's, with fsync on: its commits are as
+    durable as SQLite's)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import fresh_database, server
+
+    if server_url:
+        yield lambda: fresh_database(server_url)
+        return
+    with server(durable=True) as running:
+        yield lambda: fresh_database(running.url)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = [Cell(size, conc, args.messages) for size in args.sizes for conc in args.concurrency]
     run_tag = f"bench-{uuid.uuid4().hex[:12]}"
     info = machine()
-    with tempfile.TemporaryDirectory(prefix="postdesk-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="postdesk-bench-") as tmp, ExitStack() as stack:
         base = Path(tmp)
+        if args.database == "postgresql":  # a fresh database per cell, as for SQLite
+            fresh = stack.enter_context(postgresql_databases())
+        else:
+            fresh = lambda: args.database  # noqa: E731 — None: a SQLite file per cell
         null_port = free_port()
         null_cmd = [sys.executable, str(Path(__file__).resolve()), "--null-server",
                     str(null_port)]
         null_proc = start(null_cmd, null_port, base / "null.log")
         try:
-            rows = [run_cell(cell, null_port, base / f"cell-{i}", args, run_tag)
+            rows = [run_cell(cell, null_port, base / f"cell-{i}", args, run_tag, fresh())
                     for i, cell in enumerate(cells)]
         finally:
             stop(null_proc)
-    return {"benchmark": "ingest", "machine": info, "workers": args.workers or "default",
-            "rules": str(args.rules) if args.rules else None,
-            "database": "sqlite (fresh per cell)" if args.database is None
-            else args.database.split(":", 1)[0], "cells": rows}
+    database = "sqlite (fresh per cell)" if args.database is None else (
+        "postgresql (throwaway cluster, fsync on, fresh per cell)"
+        if args.database == "postgresql" else args.database.split(":", 1)[0])
+    return {"benchmark": "ingest", "machine": info, "role": args.role,
+            "workers": args.workers or "default",
+            "rules": str(args.rules) if args.rules else None, "database": database,
+            "cells": rows}
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -465,11 +490,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int_list, default=[1024, 20480])
     parser.add_argument("--concurrency", type=int_list, default=[1, 20])
     parser.add_argument("--database", default=None,
-                        help="database URL (default: a fresh SQLite file per cell)")
+                        help="database URL, or 'postgresql' for a throwaway cluster (default: "
+                        "a fresh SQLite file per cell)")
     parser.add_argument("--rules", type=Path, default=None,
                         help="rule file the gateway loads (e.g. rules.example.yaml)")
     parser.add_argument("--workers", type=int, default=None,
                         help="gateway.workers for the gateway (default: the gateway's default)")
+    parser.add_argument("--role", choices=["serve", "gateway"], default="serve",
+                        help="serve: everything (the outbox sends automatic answers on the "
+                        "same machine); gateway: the SMTP intake alone")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--null-server", type=int, metavar="PORT", default=None,
                         help=argparse.SUPPRESS)

@@ -31,12 +31,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: bench.* from the root
-sys.path.insert(0, str(ROOT / "tests"))  # the throwaway PostgreSQL cluster of the test suite
-
-from postgres import fresh_database, server  # noqa: E402
 
 from bench.benchkit import machine, note  # noqa: E402
-from bench.ingest import log_problems, message_body, phase, start_gateway, stop  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    log_problems,
+    message_body,
+    phase,
+    postgresql_databases,
+    start_gateway,
+    stop,
+)
 from engine.store.database import upgrade  # noqa: E402
 
 
@@ -70,12 +74,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="postdesk-scale-")))
-        url = args.database or stack.enter_context(server(durable=True)).url
+        fresh = stack.enter_context(postgresql_databases(args.database))
         sqlite = f"sqlite:///{base / 'sqlite' / 'postdesk.db'}"
         (base / "sqlite").mkdir()
         rows.append(run_setup("sqlite", [sqlite], base / "sqlite", body, args, tag))
         for count in sorted({1, args.gateways}):
-            database = fresh_database(url)
+            database = fresh()
             rows.append(run_setup(f"postgresql-{count}", [database] * count,
                                   base / f"postgresql-{count}", body, args, tag))
     baseline = rows[0]["msgs_per_s"]

@@ -34,3 +34,19 @@ def test_ingest_bench_prints_one_json_document_with_a_row_per_cell() -> None:
         assert cell["null_msgs_per_s"] > 0 and cell["gateway_msgs_per_s"] > 0
         assert cell["ratio"] > 0
         assert cell["gateway_p50_ms"] > 0 and cell["gateway_p99_ms"] >= cell["gateway_p50_ms"]
+
+
+def test_scaleout_bench_compares_sqlite_with_one_and_two_gateways_on_postgresql() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scaleout.py"), "--messages", "40",
+         "--concurrency", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    setups = result["setups"]
+    assert [(s["setup"], s["gateways"]) for s in setups] == [
+        ("sqlite", 1), ("postgresql-1", 1), ("postgresql-2", 2)]
+    for setup in setups:
+        assert setup["errors"] == 0 and setup["msgs_per_s"] > 0, setup
+        assert setup["exit_codes"] == [0] * setup["gateways"], setup
+        assert setup["log_problems"] == [], setup
+    assert setups[0]["ratio_to_sqlite"] == 1.0
