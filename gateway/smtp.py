@@ -12,6 +12,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 import secrets
 import socket
 import ssl
@@ -234,6 +235,19 @@ class _Guarded:
         self._set_post_data_state()  # type: ignore[attr-defined]
         await self.push("250 OK" if status is MISSING else status)
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of MAIL/RCPT and the rest of the line. The common ``<local@domain>``
+        (dot-atom local part, plain domain) is read with one regex; anything else goes
+        through aiosmtpd's full RFC 5322 parser (which also builds a class per call)."""
+        simple = _SIMPLE_PATH.match(arg)
+        rest = arg[simple.end():].lstrip() if simple else ""
+        if simple is None or ".." in simple[1] or simple[1].startswith(".") or (
+                rest.startswith("(")) or (  # a comment: the full parser skips it
+                self.local_part_limit  # type: ignore[attr-defined]
+                and len(simple["local"]) > self.local_part_limit):  # type: ignore[attr-defined]
+            return super()._getaddr(arg)  # type: ignore[misc]
+        return simple[1], rest
+
     def _command_waiting(self) -> bool:
         """Whether a whole command line is already buffered (the client pipelined)."""
         buffered = getattr(self._reader, "_buffer", None)  # type: ignore[attr-defined]
@@ -257,6 +271,11 @@ class GuardedLMTP(_Guarded, LMTP):
     pass
 
 
+# <local@domain>: an RFC 5322 dot-atom local part (no leading, trailing or double dot: those
+# and quoted strings, literals, UTF-8 go to aiosmtpd's parser) and a plain domain name
+_SIMPLE_PATH = re.compile(
+    r"\s*<((?P<local>[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(?<!\.))@[A-Za-z0-9](?:[A-Za-z0-9.-]*"
+    r"[A-Za-z0-9])?)>")
 DATA_BLOCK = 1 << 20  # more than a stream reader holds (one 256 KiB read plus its limit)
 END_OF_DATA = b"\r\n.\r\n"
 TOO_MUCH_DATA = "552 Error: Too much mail data"

@@ -75,3 +75,22 @@ def test_a_line_over_the_limit_is_refused() -> None:
 
 def test_a_client_that_goes_away_mid_message_gets_nothing_stored() -> None:
     assert read(b"half a message\r\nno dot", eof=True) == (None, b"")
+
+
+@pytest.mark.parametrize("arg", [
+    "<a@b.c>", " <a@b.c> SIZE=100", "<a.b+c@ex-ample.com>  BODY=8BITMIME", "<a@b.c>SIZE=1",
+    "<A@B.C>", "<>", "<.a@b>", "<a.@b>", "<a..b@c>", '<"q x"@b.c>', "<a@[1.2.3.4]>",
+    "<jürgen@client.test>", "a@b.c", "<a@b.c", "<a@-b.c>", "<a@b-.c>", "<@route:a@b>",
+    "<a(comment)@b.c>", "<a@b.c> (comment) SIZE=1", "<a@b..c>", "<a@b.c.>", "",
+    "<" + "x" * 70 + "@b.c>",
+])
+@pytest.mark.parametrize("local_limit", [0, 64])
+def test_mail_and_rcpt_addresses_read_as_aiosmtpd_reads_them(arg: str, local_limit: int) -> None:
+    """The fast path for plain ``<local@domain>`` gives what aiosmtpd's parser gives."""
+    from aiosmtpd.smtp import SMTP
+
+    from gateway.smtp import GuardedSMTP
+
+    ours, theirs = GuardedSMTP(object(), hostname="x"), SMTP(object(), hostname="x")
+    ours.local_part_limit = theirs.local_part_limit = local_limit
+    assert ours._getaddr(arg) == theirs._getaddr(arg)
