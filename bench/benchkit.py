@@ -1,12 +1,15 @@
-"""What every benchmark prints beside its figures: percentiles, the machine, progress notes."""
+"""What every benchmark prints beside its figures: percentiles, the machine, progress notes,
+and the JSON report itself."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +51,18 @@ def git_commit() -> str | None:
 
 def note(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def report(run: Callable[[Any], dict[str, Any]], args: Any) -> int:
+    """Run a benchmark and print its result as one JSON document (also to ``args.json_out``
+    when given); a ``RuntimeError`` (a server that would not start...) is noted, exit 1."""
+    try:
+        result = run(args)
+    except RuntimeError as exc:
+        note(f"failed: {exc}")
+        return 1
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json_out is not None:
+        args.json_out.write_text(text + "\n")
+    return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import signal
 import socket
@@ -35,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: bench.benchkit from the root
 
-from bench.benchkit import machine, ms, note, percentile  # noqa: E402
+from bench.benchkit import machine, ms, note, percentile, report  # noqa: E402
 
 RECIPIENT = "support@example.test"
 WARMUP_MESSAGES = 50
@@ -513,16 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.null_server is not None:
         asyncio.run(serve_null(args.null_server))
         return 0
-    try:
-        result = run(args)
-    except RuntimeError as exc:
-        note(f"failed: {exc}")
-        return 1
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out is not None:
-        args.json_out.write_text(text + "\n")
-    return 0
+    return report(run, args)
 
 
 if __name__ == "__main__":

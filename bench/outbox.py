@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the engine packages live at the root
     sys.path.insert(0, str(ROOT))
 
-from bench.benchkit import machine, ms, note, percentile  # noqa: E402
+from bench.benchkit import machine, ms, note, percentile, report  # noqa: E402
 
 RECIPIENT = "support@example.test"
 SEED_BATCH = 64  # deliveries per store_batch transaction, like the gateway's groups
@@ -648,16 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.null_relay:
         asyncio.run(serve_null_relay())
         return 0
-    try:
-        result = run(args)
-    except RuntimeError as exc:
-        note(f"failed: {exc}")
-        return 1
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out is not None:
-        args.json_out.write_text(text + "\n")
-    return 0
+    return report(run, args)
 
 
 if __name__ == "__main__":

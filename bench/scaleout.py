@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: bench.* from the root
 
-from bench.benchkit import machine, note  # noqa: E402
+from bench.benchkit import machine, note, report  # noqa: E402
 from bench.ingest import (  # noqa: E402
     log_problems,
     message_body,
@@ -113,16 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        result = run(args)
-    except RuntimeError as exc:
-        note(f"failed: {exc}")
-        return 1
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out is not None:
-        args.json_out.write_text(text + "\n")
-    return 0
+    return report(run, args)
 
 
 if __name__ == "__main__":
