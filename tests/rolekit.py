@@ -25,6 +25,25 @@ class DbInstance(Instance):
         return self.database or super().db_url
 
 
+# An account polled from a test Dovecot (``dovecot.port``, a user of its own), for
+# ``Instance.write(extra=...)``; the password comes from POSTDESK_TEST_IMAP_PW.
+IMAP_MAILBOX = """\
+  - name: imapbox
+    addresses: [imapbox@example.test]
+    inbound: [mailbox]
+drivers:
+  mailbox:
+    type: imap-poll
+    host: 127.0.0.1
+    port: {port}
+    tls: none
+    user: {user}
+    password: {{env: POSTDESK_TEST_IMAP_PW}}
+    PollingInterval: 1
+    lease_seconds: {lease}
+"""
+
+
 class Role:
     """One ``postdesk`` role process, in its own session, logging to ``<name>.log``."""
 

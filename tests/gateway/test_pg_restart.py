@@ -17,7 +17,7 @@ from helpers import make_mail
 from outboxkit import outbox_config, prepare
 from postgres import Server, fresh_database, server
 from relay import Relay
-from rolekit import DbInstance, Role, wait_until
+from rolekit import IMAP_MAILBOX, DbInstance, Role, wait_until
 from sqlalchemy import func, select
 
 from engine.store.models import Message
@@ -136,21 +136,6 @@ def test_gateway_answers_451_while_postgres_is_down_and_loses_nothing(
         gateway.kill()
 
 
-IMAP = """\
-  - name: imapbox
-    addresses: [imapbox@example.test]
-    inbound: [mailbox]
-drivers:
-  mailbox:
-    type: imap-poll
-    host: 127.0.0.1
-    port: {port}
-    tls: none
-    user: {user}
-    password: {{env: POSTDESK_TEST_IMAP_PW}}
-    PollingInterval: 1
-    lease_seconds: 3
-"""
 RULES = """\
 version: 1
 rules:
@@ -168,7 +153,8 @@ def test_serve_keeps_sending_and_polling_across_a_postgres_outage(
     user = dovecot.new_user()
     prepare(instance, relay, RULES)
     head, relay_driver = outbox_config(relay).split("drivers:\n")  # one drivers: mapping
-    instance.write(extra=IMAP.format(port=dovecot.port, user=user) + relay_driver + head)
+    mailbox = IMAP_MAILBOX.format(port=dovecot.port, user=user, lease=3)
+    instance.write(extra=mailbox + relay_driver + head)
     serve = Role(instance, "serve", name="serve").wait_port(instance.smtp)
     try:
         _send(instance, "<before@client.test>")

@@ -15,28 +15,13 @@ import pytest
 from dovecot import PASSWORD, Dovecot
 from helpers import make_mail
 from postgres import cluster, fresh_database
-from rolekit import DbInstance, Role, wait_until
+from rolekit import IMAP_MAILBOX, DbInstance, Role, wait_until
 from sqlalchemy import func, select
 
 from engine.leases import holders
 from engine.store.models import Message
 
 LEASE = 3  # seconds
-CONFIG = """\
-  - name: imapbox
-    addresses: [imapbox@example.test]
-    inbound: [mailbox]
-drivers:
-  mailbox:
-    type: imap-poll
-    host: 127.0.0.1
-    port: {port}
-    tls: none
-    user: {user}
-    password: {{env: POSTDESK_TEST_IMAP_PW}}
-    PollingInterval: 1
-    lease_seconds: {lease}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +62,7 @@ def _deliver(dovecot: Dovecot, user: str, start: int, count: int) -> None:
 def test_one_poller_fetches_and_the_other_takes_over(dovecot: Dovecot,
                                                     instance: DbInstance) -> None:
     user = dovecot.new_user()
-    instance.write(extra=CONFIG.format(port=dovecot.port, user=user, lease=LEASE))
+    instance.write(extra=IMAP_MAILBOX.format(port=dovecot.port, user=user, lease=LEASE))
     first = Role(instance, "poll", name="poll-a")
     second: Role | None = None
     try:
