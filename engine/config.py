@@ -117,7 +117,7 @@ class DatabaseSettings(Strict):
     max_overflow: int = Field(10, ge=0, le=1000)  # extra connections opened under load
     pool_timeout: float = Field(30, gt=0)  # seconds to wait for a free connection
     pool_recycle: int = Field(1800, ge=-1)  # reopen connections older than this; -1: never
-    busy_timeout_ms: int = Field(10_000, ge=0)
+    busy_timeout_ms: int = Field(10_000, ge=0)  # SQLite busy timeout; PostgreSQL lock_timeout
 
     def engine_options(self, default_pool_size: int = 5) -> dict[str, Any]:
         """Keyword arguments for ``engine.store.database.make_engine`` (SQLite ignores the

@@ -6,37 +6,81 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Instance, store_with_accounts
+from databases import BACKENDS, Backend, PostgresServer
+from helpers import Instance, accounts_added
 from relay import Relay
 from sqlalchemy import Engine
 
+from engine.store.database import make_engine
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--database", choices=(*BACKENDS, "both"), default="both",
+                     help="run the database tests on one backend only (default: both)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses a database, directly or through a fixture, runs once per backend."""
+    if "database" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("database")
+        names = BACKENDS if chosen == "both" else (chosen,)
+        if only := metafunc.definition.get_closest_marker("backends"):
+            names = tuple(n for n in names if n in only.args)
+        metafunc.parametrize("database", names, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL cluster, started on first use."""
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def database(request: pytest.FixtureRequest, postgres_server: PostgresServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """The backend under test (``[sqlite]`` / ``[postgresql]``): ``database.fresh(dir)``
+    gives a new, migrated database's URL."""
+    backend = Backend(request.param, tmp_path_factory.mktemp(f"templates-{request.param}"),
+                      lambda: postgres_server)
+    yield backend
+    backend.close()
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Engine]:
-    """A migrated SQLite store with accounts 1 (support) and 2 (sales); no network."""
-    engine = store_with_accounts(f"sqlite:///{tmp_path / 'store.db'}")
+def store(database: Backend, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated store with accounts 1 (support) and 2 (sales); no network."""
+    url = database.fresh(tmp_path, accounts_added)
+    engine = make_engine(url)
     yield engine
     engine.dispose()
+    database.drop(url)
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[Instance]:
-    """A fresh, not yet started instance; stopped and disposed after the test."""
-    inst = Instance(tmp_path / "instance")
-    yield inst
-    inst.stop()
-    if inst._engine is not None:
-        inst._engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    """One running gateway shared by a test module (default settings, 1 MB size limit)."""
-    inst = Instance(tmp_path_factory.mktemp("gateway")).write().start()
-    yield inst
+def _finish(inst: Instance, database: Backend) -> int | None:
     code = inst.stop()
     if inst._engine is not None:
         inst._engine.dispose()
+    database.drop(inst.db_url)
+    return code
+
+
+@pytest.fixture
+def instance(database: Backend, tmp_path: Path) -> Iterator[Instance]:
+    """A fresh, not yet started instance; stopped and disposed after the test."""
+    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path / "instance"))
+    yield inst
+    _finish(inst, database)
+
+
+@pytest.fixture(scope="module")
+def gateway(database: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    """One running gateway shared by a test module (default settings, 1 MB size limit)."""
+    where = tmp_path_factory.mktemp("gateway")
+    inst = Instance(where, db_url=database.fresh(where)).write().start()
+    yield inst
+    code = _finish(inst, database)
     assert code == 0, f"serve exited with {code}:\n{inst.log()[-3000:]}"
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, text
 
 from engine.deliveries import Delivery, Envelope, Receipt, store_batch
 from engine.mime import parse_message
@@ -76,16 +76,16 @@ class Instance:
     smtp: int = field(default_factory=free_port)
     lmtp: int = field(default_factory=free_port)
     http: int = field(default_factory=free_port)
+    db_url: str = ""  # default: an SQLite file in ``dir``; fixtures pass the backend's URL
     proc: subprocess.Popen | None = None
     _engine: Engine | None = None
+
+    def __post_init__(self) -> None:
+        self.db_url = self.db_url or f"sqlite:///{self.dir / 'postdesk.db'}"
 
     @property
     def config(self) -> Path:
         return self.dir / "postdesk.yaml"
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.dir / 'postdesk.db'}"
 
     def write(self, *, max_size: int = 1_000_000, networks: str = "[127.0.0.0/8]",
               busy_timeout_ms: int = 10_000, extra: str = "",
@@ -166,6 +166,12 @@ def make_mail(subject: str = "Hello", *, sender: str = "customer@client.test",
 
 def store_with_accounts(url: str) -> Engine:
     """Migrate ``url`` and add accounts 1 (support) and 2 (sales)."""
+    accounts_added(url)
+    return make_engine(url)
+
+
+def accounts_added(url: str) -> None:
+    """A database recipe: migrated, with accounts 1 (support) and 2 (sales)."""
     upgrade(url)
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -173,7 +179,9 @@ def store_with_accounts(url: str) -> Engine:
             {"id": 1, "name": "support", "addresses": ["support@example.test"]},
             {"id": 2, "name": "sales", "addresses": ["sales@example.test"]},
         ])
-    return engine
+        if engine.dialect.name == "postgresql":  # explicit ids do not advance the sequence
+            conn.execute(text("SELECT setval(pg_get_serial_sequence('accounts', 'id'), 2)"))
+    engine.dispose()
 
 
 def deliver(engine: Engine, raw: bytes, account: int = 1,

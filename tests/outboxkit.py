@@ -9,7 +9,7 @@ from typing import Any
 
 from helpers import Instance
 from relay import Relay
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from engine.config import Settings, load_settings
@@ -79,14 +79,15 @@ def wait_until(check: Any, timeout: float = 20.0) -> Any:
 
 
 
-def relay_settings(tmp_path: Path, relay: Relay) -> Settings:
-    """Settings for sending from the console or the engine: accounts support (from name,
-    signature) and sales, tag keys, the test relay (as tests/engine/test_work.py uses)."""
+def relay_settings(tmp_path: Path, relay: Relay, store: Engine) -> Settings:
+    """Settings for sending from the console or the engine: the database of ``store``,
+    accounts support (from name, signature) and sales, tag keys, the test relay (as
+    tests/engine/test_work.py uses)."""
     from engine.tags import generate_secret
 
     (tmp_path / "tag.secret").write_text(generate_secret())
     (tmp_path / "postdesk.yaml").write_text(
-        f"database: {{url: 'sqlite:///{tmp_path / 'store.db'}'}}\n"
+        f"database: {{url: '{store.url.render_as_string(hide_password=False)}'}}\n"
         "gateway: {hostname: postdesk.test}\n"
         "tags: {current: k1, keys: {k1: {file: tag.secret}}}\n"
         f"drivers:\n  relay: {{type: outbound-relay, host: 127.0.0.1, port: {relay.port}, "

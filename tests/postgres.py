@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL cluster for tests (Debian's server binaries; ``make test`` installs
-them as root): ``cluster()`` starts one on a free loopback port and yields its URL, and
-``fresh_database(url)`` makes an empty database in it. ``POSTDESK_TEST_POSTGRES`` (a URL)
+them as root): ``cluster()`` starts one on a free loopback port and yields its URL (the suite's
+databases are made in it by ``databases.py``), and ``fresh_database(url)`` makes an empty
+database in any server. ``POSTDESK_TEST_POSTGRES`` (a URL)
 uses an existing server instead. ``server()`` yields a ``Server`` of our own that a test
 can stop and start again."""
 

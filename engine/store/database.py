@@ -67,10 +67,18 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _lock_timeout(busy_timeout_ms: int) -> str:
+    """PostgreSQL's counterpart of SQLite's busy timeout: how long a statement waits for a
+    lock before failing (``OperationalError``, so the gateway answers 451 instead of hanging);
+    0 would mean "forever" there, so it becomes 1 ms, as close to SQLite's "fail at once"."""
+    return str(max(1, int(busy_timeout_ms)))
+
+
 def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
                 max_overflow: int = 10, pool_timeout: float = 30,
                 pool_recycle: int = 1800, pre_ping: bool = True) -> Engine:
-    """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs.
+    """A sync engine; SQLite gets WAL, FULL sync, a busy timeout and write-first BEGINs;
+    PostgreSQL gets the busy timeout as its ``lock_timeout``.
 
     The pool settings apply to PostgreSQL, whose connections are also checked before use
     (``pre_ping``, the default): after a database restart the first checkout reconnects
@@ -82,7 +90,8 @@ def make_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int = 5,
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(sync_url, pool_pre_ping=pre_ping, connect_args=PG_CONNECT,
+    options = {**PG_CONNECT, "options": f"-c lock_timeout={_lock_timeout(busy_timeout_ms)}"}
+    return create_engine(sync_url, pool_pre_ping=pre_ping, connect_args=options,
                          **_pool(pool_size, max_overflow, pool_timeout, pool_recycle))
 
 
@@ -97,7 +106,8 @@ def make_async_engine(url: str, *, busy_timeout_ms: int = 10_000, pool_size: int
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(async_url, pool_pre_ping=True,
+    settings = {"server_settings": {"lock_timeout": _lock_timeout(busy_timeout_ms)}}
+    return create_async_engine(async_url, pool_pre_ping=True, connect_args=settings,
                                **_pool(pool_size, max_overflow, pool_timeout, pool_recycle))
 
 

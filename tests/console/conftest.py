@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import Backend
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import store_with_accounts
+from helpers import accounts_added
 from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
@@ -51,13 +51,12 @@ def add_messages(engine: Engine, account: int, classification: str | None, n: in
         return list(conn.execute(insert(Message).returning(Message.id), rows).scalars())
 
 
-@pytest.fixture(scope="session")
-def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def console_store(url: str) -> None:
     """Accounts 1 support, 2 sales; users 1 alice (agent: support), 2 bob (agent: sales),
-    3 sue (supervisor), 4 carl (agent: support and sales). Built once (migrations and
-    scrypt hashes take a second), copied for each test."""
-    path = tmp_path_factory.mktemp("console-store") / "store.db"
-    engine = store_with_accounts(f"sqlite:///{path}")
+    3 sue (supervisor), 4 carl (agent: support and sales). A database recipe: built once
+    per backend (migrations and scrypt hashes take a second), copied for each test."""
+    accounts_added(url)
+    engine = make_engine(url)
     with Session(engine) as session, session.begin():
         for name, role in (("alice", "agent"), ("bob", "agent"), ("sue", "supervisor"),
                            ("carl", "agent")):
@@ -65,16 +64,16 @@ def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assign_accounts(session, "alice", ["support"])
         assign_accounts(session, "bob", ["sales"])
         assign_accounts(session, "carl", ["support", "sales"])
-    engine.dispose()  # the last connection checkpoints the WAL into the file
-    return path
+    engine.dispose()  # the last connection checkpoints SQLite's WAL into the file
 
 
 @pytest.fixture
-def store_engine(template_store: Path, tmp_path: Path) -> Iterator[Engine]:
-    shutil.copyfile(template_store, tmp_path / "store.db")
-    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+def store_engine(database: Backend, tmp_path: Path) -> Iterator[Engine]:
+    url = database.fresh(tmp_path, console_store)
+    engine = make_engine(url)
     yield engine
     engine.dispose()
+    database.drop(url)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import OUTPUT, PASSWORD
+from databases import Backend
 from helpers import Instance, make_mail, wait_port
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy.orm import Session
@@ -25,8 +26,9 @@ from engine.users import assign_accounts, create_user
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    inst = Instance(tmp_path_factory.mktemp("console-e2e")).write().start()
+def served(database: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    where = tmp_path_factory.mktemp("console-e2e")
+    inst = Instance(where, db_url=database.fresh(where)).write().start()
     wait_port(inst.http, 20, inst.proc)
     with Session(writer(inst.engine)) as session, session.begin():  # the server writes too
         for name in ("alice", "carl"):
@@ -35,6 +37,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     yield inst
     code = inst.stop()
     inst.engine.dispose()
+    database.drop(inst.db_url)
     assert code == 0, inst.log()[-3000:]
 
 

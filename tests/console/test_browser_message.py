@@ -21,6 +21,7 @@ from email.utils import parseaddr
 
 import pytest
 from conftest import OUTPUT, PASSWORD
+from databases import Backend
 from helpers import ROOT, Instance, wait_port
 from outboxkit import history, prepare, rows, stored, wait_until
 from playwright.sync_api import Browser, Page, expect
@@ -117,8 +118,10 @@ def relay() -> Iterator[Relay]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[Instance]:
-    inst = prepare(Instance(tmp_path_factory.mktemp("console-message")), relay, RULES)
+def served(database: Backend, tmp_path_factory: pytest.TempPathFactory,
+           relay: Relay) -> Iterator[Instance]:
+    where = tmp_path_factory.mktemp("console-message")
+    inst = prepare(Instance(where, db_url=database.fresh(where)), relay, RULES)
     (inst.dir / "templates" / "refund.txt").write_text(REFUND)
     inst.start()
     wait_port(inst.http, 20, inst.proc)
@@ -134,6 +137,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterator[I
     yield inst
     code = inst.stop()
     inst.engine.dispose()
+    database.drop(inst.db_url)
     assert code == 0, inst.log()[-3000:]
 
 

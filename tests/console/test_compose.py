@@ -27,7 +27,7 @@ def app(store_engine: Engine, tmp_path: Path, relay: Relay) -> Flask:
     with store_engine.begin() as conn:
         conn.execute(insert(TemplateSource), [{"name": "offer.txt", "source":
                      "Dear {{ CON_EMAIL }}, {{ PLAN }} costs {{ PRICE }}. {{ AD_USER_NAME }}\n"}])
-    return create_app(relay_settings(tmp_path, relay), engine=store_engine)
+    return create_app(relay_settings(tmp_path, relay, store_engine), engine=store_engine)
 
 
 def form(token: str, **fields: str) -> dict[str, str]:

@@ -81,11 +81,16 @@ def test_a_pipeline_fault_stores_raw_for_attention_and_others_pass(
     assert again[0].duplicate and again[0].message_pk == fixed.id
 
 
+# the same fault on both databases, made the way each allows: a transaction holding the lock
+HOLD_WRITE_LOCK = {"sqlite": "BEGIN EXCLUSIVE",
+                   "postgresql": "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"}
+
+
 def test_store_failure_raises_store_unavailable(store: Engine) -> None:
     blocker = store.raw_connection()
     store.pool.dispose()
     try:
-        blocker.cursor().execute("BEGIN EXCLUSIVE")
+        blocker.cursor().execute(HOLD_WRITE_LOCK[store.dialect.name])
         [result] = asyncio.run(receive_all(store, [make_mail("x", message_id="<l@c>")],
                                            busy_timeout_ms=100))
     finally:

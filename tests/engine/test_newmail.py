@@ -60,7 +60,7 @@ def test_addresses_are_validated_deduplicated_and_keep_display_names() -> None:
 
 def test_send_checks_reason_recipients_and_body_before_writing_anything(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    outgoing = replies.Outgoing.from_settings(settings_for(tmp_path, relay), "support")
+    outgoing = replies.Outgoing.from_settings(settings_for(tmp_path, relay, store), "support")
     good = newmail.NewMail("ann@client.test", "Hello", "Body")
     cases = [(good, None, work.ReasonRequired),
              (newmail.NewMail("", "Hello", "Body"), "ESCALATED", newmail.AddressError),
@@ -94,7 +94,7 @@ def test_compose_drafts_are_kept_per_user_and_account_with_attachments(
 
 def test_a_new_message_is_sent_by_the_worker_archived_in_a_new_thread_and_answered_there(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    settings = settings_for(tmp_path, relay)
+    settings = settings_for(tmp_path, relay, store)
     ana = desk["ana"]
     outgoing = replies.Outgoing.from_settings(settings, "support")
     with Session(store) as session, session.begin():

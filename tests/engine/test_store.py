@@ -1,4 +1,5 @@
-"""The store: migrations match the models, WAL pragmas, async and sync access."""
+"""The store: migrations match the models (on SQLite and PostgreSQL), WAL pragmas, async and
+sync access."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from databases import Backend
 from sqlalchemy import Engine, insert, select
 
 from engine.store.database import (
@@ -21,8 +24,8 @@ from engine.store.database import (
 from engine.store.models import ACTIVE_STATES, SETTLED_STATES, Base, Message, MessageState
 
 
-def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_migrations_build_exactly_the_models(database: Backend, tmp_path: Path) -> None:
+    url = database.empty(tmp_path)
     upgrade(url)
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -32,8 +35,10 @@ def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
     assert current_revision(engine) is not None
     upgrade(url)  # idempotent
     engine.dispose()
+    database.drop(url)
 
 
+@pytest.mark.backends("sqlite")  # SQLite's own durability settings
 def test_sqlite_runs_in_wal_with_durable_commits(store: Engine) -> None:
     with store.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -41,7 +46,7 @@ def test_sqlite_runs_in_wal_with_durable_commits(store: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
 
 
-def test_driver_urls() -> None:
+def test_driver_urls() -> None:  # pure URL rewriting: no database
     assert driver_url("sqlite:///x.db", async_=True) == "sqlite+aiosqlite:///x.db"
     assert driver_url("postgresql://u:p@h/db", async_=False) == "postgresql+psycopg://u:p@h/db"
     assert driver_url("postgresql://u@h/db", async_=True) == "postgresql+asyncpg://u@h/db"
@@ -54,7 +59,8 @@ def test_models_work_from_async_code(store: Engine) -> None:
             dedupe_key="k1", message_id_header="<a@b>", account_id=1, date=when, raw=b"x"))
 
     async def read() -> list[Message]:
-        engine = make_async_engine(str(store.url).replace("sqlite+pysqlite", "sqlite"))
+        url = store.url.set(drivername=store.url.get_backend_name())
+        engine = make_async_engine(url.render_as_string(hide_password=False))
         async with async_session_factory(engine)() as session:
             rows = (await session.scalars(select(Message))).all()
         await engine.dispose()
@@ -83,7 +89,8 @@ def test_readers_do_not_take_the_write_lock(store: Engine) -> None:
 
 
 def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Path) -> None:
-    """The writer's commits never pay for a checkpoint; a thread moves the WAL into the DB."""
+    """The writer's commits never pay for a checkpoint; a thread moves the WAL into the DB.
+    SQLite only: WAL files and checkpoints are SQLite's."""
     import os
     import time
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from postgres import cluster
+from databases import PostgresServer
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -297,6 +297,8 @@ def test_sandbox_errors_are_template_errors() -> None:
 
 @pytest.fixture
 def crm(tmp_path: Path):
+    """A customer database in SQLite (its authorizer and read-only opening are under test;
+    PostgreSQL's guards have their own test below)."""
     path = tmp_path / "crm.db"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA journal_mode=WAL")
@@ -406,10 +408,13 @@ def test_slow_query_hits_the_time_limit(crm) -> None:
 # --- SQL merge fields on PostgreSQL (a throwaway cluster of Debian's postgresql) ----------------
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    with cluster() as url:
-        yield url
+@pytest.fixture
+def postgres(postgres_server: PostgresServer) -> Iterator[str]:
+    """An empty database in the session's cluster (merge fields read any database, not the
+    store: this is PostgreSQL's read-only transactions and statement timeout at work)."""
+    url = postgres_server.create()
+    yield url
+    postgres_server.drop(url)
 
 
 def test_sql_fields_on_postgresql_are_read_only_and_time_limited(postgres: str) -> None:

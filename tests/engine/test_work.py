@@ -326,7 +326,7 @@ def test_sanitiser_removes_scripts_handlers_javascript_urls_and_css_payloads() -
 
 def test_send_queues_a_composed_agent_reply_that_the_worker_sends_and_archives(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    settings = relay_settings(tmp_path, relay)
+    settings = relay_settings(tmp_path, relay, store)
     ana = desk["ana"]
     mail(store, "Refund please", message_id="<q1@client.test>")
     pk = claimed(store, ana)
@@ -371,7 +371,7 @@ def test_send_queues_a_composed_agent_reply_that_the_worker_sends_and_archives(
 
 def test_send_stops_when_the_customer_wrote_again_until_confirmed(
         store: Engine, desk: dict[str, Viewer], tmp_path: Path, relay: Relay) -> None:
-    settings = relay_settings(tmp_path, relay)
+    settings = relay_settings(tmp_path, relay, store)
     ana = desk["ana"]
     mail(store, "Broken", message_id="<b1@client.test>")
     pk = claimed(store, ana)

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from engine.store.models import Message
 
 
+# `postdesk init` makes the embedded instance, whose database is an SQLite file by design
 def test_init_creates_a_working_instance_once(tmp_path: Path) -> None:
     target = tmp_path / "var"
     first = subprocess.run([*POSTDESK, "init", "--instance", str(target)], cwd=tmp_path,

@@ -1,8 +1,8 @@
 """The IMAP poller against a real Dovecot: exactly once, Processed/Retry, IDLE, TLS, failures.
 
 Each test logs in as a fresh Dovecot user (an empty mailbox) and runs ``MailboxPoller`` in
-this process over the real intake (writer thread, SQLite). Process-level behaviour (kill -9,
-``postdesk serve``/``poll``/``status``) is in ``test_imap_cli.py``.
+this process over the real intake (writer thread), on SQLite and PostgreSQL. Process-level
+behaviour (kill -9, ``postdesk serve``/``poll``/``status``) is in ``test_imap_cli.py``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from databases import Backend
 from dovecot import PASSWORD, Dovecot
-from helpers import deliver, make_mail, store_with_accounts
+from helpers import accounts_added, deliver, make_mail
 from sqlalchemy import Engine, func, select
 
 from engine.decisions import RuleFiles
 from engine.intake import Intake
+from engine.store.database import make_engine
 from engine.store.models import Message
 from gateway.imap import MailboxPoller, MailboxSpec, PollerSet
 from gateway.imapconn import ServerSettings
@@ -44,14 +46,15 @@ def spec(dovecot: Dovecot, user: str, **changes: object) -> MailboxSpec:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[tuple[Intake, Engine]]:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = store_with_accounts(url)
+async def store(database: Backend, tmp_path: Path) -> AsyncIterator[tuple[Intake, Engine]]:
+    url = database.fresh(tmp_path, accounts_added)
+    engine = make_engine(url)
     intake = Intake(url)
     await intake.start()
     yield intake, engine
     await intake.stop()
     engine.dispose()
+    database.drop(url)
 
 
 def stored_ids(engine: Engine) -> dict[str, int]:
@@ -120,9 +123,9 @@ async def test_stored_but_not_moved_is_moved_without_storing_again(
 
 
 async def test_unprocessable_mail_goes_to_retry_with_a_keyword(
-        dovecot: Dovecot, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    engine = store_with_accounts(url)
+        dovecot: Dovecot, database: Backend, tmp_path: Path) -> None:
+    url = database.fresh(tmp_path, accounts_added)
+    engine = make_engine(url)
     (tmp_path / "rules.yaml").write_text(REJECT_RULES)
     intake = Intake(url, rules=RuleFiles([str(tmp_path / "rules.yaml")],
                                          {1: "support", 2: "sales"}))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from databases import Backend
 from helpers import ROOT, Instance, free_port, make_mail
 from outboxkit import history, prepare, rows, send, stored, wait_until
 from relay import Relay
@@ -70,10 +71,11 @@ def test_out_of_office_reply_joins_its_thread_and_opens_no_case(instance: Instan
     assert len(relay.received) == 1
 
 
-def test_two_instances_acknowledging_each_other_send_one_mail_each(tmp_path: Path) -> None:
+def test_two_instances_acknowledging_each_other_send_one_mail_each(database: Backend,
+                                                                   tmp_path: Path) -> None:
     """A's acknowledgement reaches B, whose rules acknowledge everything too: B sees
     Auto-Submitted and stays silent, so the loop ends after one mail."""
-    a, b = Instance(tmp_path / "a"), Instance(tmp_path / "b")
+    a, b = (Instance(tmp_path / n, db_url=database.fresh(tmp_path / n)) for n in "ab")
     to_b, to_a = Relay(port=b.smtp), Relay(port=a.smtp)  # only for the ports
     try:
         prepare(a, to_b, ACK_ALL)
@@ -95,6 +97,8 @@ def test_two_instances_acknowledging_each_other_send_one_mail_each(tmp_path: Pat
     finally:
         for inst in (a, b):
             inst.stop()
+            inst.engine.dispose()
+            database.drop(inst.db_url)
 
 
 def dsn_for(verp: str, failed: str) -> bytes:
@@ -149,13 +153,13 @@ def test_a_report_with_a_forged_return_path_is_kept_but_trusted_for_nothing(
 
 
 @pytest.fixture
-def postfix_relay(tmp_path: Path) -> Iterator[tuple[Instance, int]]:
+def postfix_relay(database: Backend, tmp_path: Path) -> Iterator[tuple[Instance, int]]:
     """A Postfix in front of and behind the gateway: the outbox relays through it; mail for
     dead.test is accepted, then refused by dead.test's server (550 5.1.1), so Postfix sends
     its DSN to our return path, through itself, to the gateway."""
     if not Path("/usr/sbin/postfix").exists():
         pytest.fail("Debian's postfix is not installed (make test installs it as root)")
-    inst = Instance(tmp_path / "instance")
+    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path / "instance"))
     dead = Relay(mode="permfail").up()
     workdir = tempfile.mkdtemp(prefix="postfix-")
     port = free_port()
@@ -164,6 +168,8 @@ def postfix_relay(tmp_path: Path) -> Iterator[tuple[Instance, int]]:
                    timeout=60)
     yield inst, port
     inst.stop()
+    inst.engine.dispose()
+    database.drop(inst.db_url)
     dead.down()
     subprocess.run([FIXTURES / "stop-postfix.sh", workdir], capture_output=True, timeout=60)
     shutil.rmtree(workdir, ignore_errors=True)

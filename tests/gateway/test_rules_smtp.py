@@ -10,6 +10,7 @@ import urllib.request
 
 import aiosmtplib
 import pytest
+from databases import Backend
 from helpers import Instance, make_mail
 from sqlalchemy import func, insert, select
 
@@ -52,8 +53,9 @@ rules:
 
 
 @pytest.fixture(scope="module")
-def ruled(tmp_path_factory: pytest.TempPathFactory) -> Instance:
-    inst = Instance(tmp_path_factory.mktemp("ruled"))
+def ruled(database: Backend, tmp_path_factory: pytest.TempPathFactory) -> Instance:
+    where = tmp_path_factory.mktemp("ruled")
+    inst = Instance(where, db_url=database.fresh(where))
     inst.dir.mkdir(parents=True, exist_ok=True)
     (inst.dir / "rules.yaml").write_text(RULES)
     (inst.dir / "tag.secret").write_text(generate_secret())
@@ -63,6 +65,7 @@ def ruled(tmp_path_factory: pytest.TempPathFactory) -> Instance:
     assert inst.stop() == 0, inst.log()[-3000:]
     if inst._engine is not None:
         inst._engine.dispose()
+    database.drop(inst.db_url)
 
 
 def deliver(inst: Instance, raw: bytes, sender: str = "customer@client.test") -> tuple[int, bytes]:
