@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,6 +184,22 @@ def accounts_added(url: str) -> None:
         if engine.dialect.name == "postgresql":  # explicit ids do not advance the sequence
             conn.execute(text("SELECT setval(pg_get_serial_sequence('accounts', 'id'), 2)"))
     engine.dispose()
+
+
+@contextmanager
+def write_lock_held(engine: Engine) -> Iterator[None]:
+    """Another client holds the store's write lock until the block ends: the same fault on
+    both databases, made the way each allows (SQLite: an exclusive transaction; PostgreSQL:
+    a transaction locking the messages table)."""
+    hold = {"sqlite": "BEGIN EXCLUSIVE",
+            "postgresql": "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"}[engine.dialect.name]
+    blocker = engine.raw_connection()
+    try:
+        blocker.cursor().execute(hold)
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
 
 
 def deliver(engine: Engine, raw: bytes, account: int = 1,

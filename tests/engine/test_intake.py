@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import make_mail
+from helpers import make_mail, write_lock_held
 from sqlalchemy import Engine, func, select
 
 import engine.deliveries as deliveries
@@ -81,21 +81,11 @@ def test_a_pipeline_fault_stores_raw_for_attention_and_others_pass(
     assert again[0].duplicate and again[0].message_pk == fixed.id
 
 
-# the same fault on both databases, made the way each allows: a transaction holding the lock
-HOLD_WRITE_LOCK = {"sqlite": "BEGIN EXCLUSIVE",
-                   "postgresql": "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE"}
-
-
 def test_store_failure_raises_store_unavailable(store: Engine) -> None:
-    blocker = store.raw_connection()
-    store.pool.dispose()
-    try:
-        blocker.cursor().execute(HOLD_WRITE_LOCK[store.dialect.name])
+    with write_lock_held(store):
+        store.pool.dispose()
         [result] = asyncio.run(receive_all(store, [make_mail("x", message_id="<l@c>")],
                                            busy_timeout_ms=100))
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert isinstance(result, StoreUnavailable)
     assert count(store) == 0
 

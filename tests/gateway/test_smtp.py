@@ -10,7 +10,7 @@ import time
 
 import aiosmtplib
 import pytest
-from helpers import Instance, make_mail
+from helpers import Instance, make_mail, write_lock_held
 
 
 def send(inst: Instance, raw: bytes, rcpts: list[str], sender: str = "customer@client.test"):
@@ -221,18 +221,13 @@ def test_database_unavailable_answers_451_then_recovers(instance: Instance) -> N
     """A locked store is a transient fault: 451 4.3.0, and the retry is stored."""
     instance.write(busy_timeout_ms=300).start()
     raw = make_mail("Locked", message_id="<locked-1@client.test>")
-    blocker = instance.engine.raw_connection()
-    try:
-        blocker.cursor().execute("BEGIN EXCLUSIVE")
+    with write_lock_held(instance.engine):
         with smtplib.SMTP("127.0.0.1", instance.smtp, timeout=30) as smtp:
             smtp.ehlo("client.test")
             smtp.mail("customer@client.test")
             smtp.rcpt("support@example.test")
             code, reply = smtp.data(raw)
         assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert send(instance, raw, ["support@example.test"]) == {}
     assert len(by_message_id(instance, "<locked-1@client.test>")) == 1
 
