@@ -69,7 +69,7 @@ def _finish(inst: Instance, database: Backend) -> int | None:
 @pytest.fixture
 def instance(database: Backend, tmp_path: Path) -> Iterator[Instance]:
     """A fresh, not yet started instance; stopped and disposed after the test."""
-    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path / "instance"))
+    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path))  # dir: not made yet
     yield inst
     _finish(inst, database)
 

@@ -80,16 +80,17 @@ class Backend:
         self._templates: dict[str, str] = {}  # recipe key -> SQLite path or PG database name
         self._made: list[str] = []  # URLs of PostgreSQL databases to drop at the end
 
-    def fresh(self, where: Path, recipe: Recipe = migrated, key: str | None = None) -> str:
+    def fresh(self, where: Path, recipe: Recipe = migrated, *, name: str = "postdesk",
+              key: str | None = None) -> str:
         """A new database built by ``recipe`` (once per session per ``key``) and its URL.
 
-        SQLite databases are files in ``where`` (``postdesk.db``); PostgreSQL ones are new
-        databases in the session's cluster."""
+        SQLite databases are files ``where/NAME.db``; PostgreSQL ones are new databases in
+        the session's cluster."""
         key = key or recipe.__qualname__
         template = self._templates.get(key) or self._build(key, recipe)
         if self.name == "sqlite":
             where.mkdir(parents=True, exist_ok=True)
-            path = where / "postdesk.db"
+            path = where / f"{name}.db"
             shutil.copyfile(template, path)
             return f"sqlite:///{path}"
         url = self._server().create(template)

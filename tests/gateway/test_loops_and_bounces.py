@@ -75,7 +75,7 @@ def test_two_instances_acknowledging_each_other_send_one_mail_each(database: Bac
                                                                    tmp_path: Path) -> None:
     """A's acknowledgement reaches B, whose rules acknowledge everything too: B sees
     Auto-Submitted and stays silent, so the loop ends after one mail."""
-    a, b = (Instance(tmp_path / n, db_url=database.fresh(tmp_path / n)) for n in "ab")
+    a, b = (Instance(tmp_path / n, db_url=database.fresh(tmp_path, name=n)) for n in "ab")
     to_b, to_a = Relay(port=b.smtp), Relay(port=a.smtp)  # only for the ports
     try:
         prepare(a, to_b, ACK_ALL)
@@ -159,7 +159,7 @@ def postfix_relay(database: Backend, tmp_path: Path) -> Iterator[tuple[Instance,
     its DSN to our return path, through itself, to the gateway."""
     if not Path("/usr/sbin/postfix").exists():
         pytest.fail("Debian's postfix is not installed (make test installs it as root)")
-    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path / "instance"))
+    inst = Instance(tmp_path / "instance", db_url=database.fresh(tmp_path))
     dead = Relay(mode="permfail").up()
     workdir = tempfile.mkdtemp(prefix="postfix-")
     port = free_port()
