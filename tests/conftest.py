@@ -29,6 +29,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("database", names, indirect=True, scope="session")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--database X``, tests marked for other backends only are deselected."""
+    chosen = config.getoption("database")
+    if chosen == "both":
+        return
+    other = [item for item in items if (only := item.get_closest_marker("backends"))
+             and chosen not in only.args]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if item not in other]
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """The session's PostgreSQL cluster, started on first use."""

@@ -118,7 +118,7 @@ class Backend:
         return self._templates[key]
 
     def drop(self, url: str) -> None:
-        """Drop a PostgreSQL test database now (its engines must be disposed)."""
+        """Drop a PostgreSQL test database now (connections still open are closed)."""
         if self.name == "postgresql" and url in self._made:
             self._server().drop(url)
             self._made.remove(url)
