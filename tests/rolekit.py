@@ -1,4 +1,4 @@
-"""Shared by the scale-out tests: instances on any database URL, role processes
+"""Shared by the scale-out tests: role processes
 (``postdesk gateway``, ``outbox``, ``poll``) with their own logs, and waiting."""
 
 from __future__ import annotations
@@ -8,22 +8,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from helpers import POSTDESK, ROOT, Instance, wait_port
-
-
-@dataclass
-class DbInstance(Instance):
-    """An ``Instance`` whose database is ``database`` (e.g. PostgreSQL) when given."""
-
-    database: str = ""
-
-    @property
-    def db_url(self) -> str:
-        return self.database or super().db_url
-
 
 # An account polled from a test Dovecot (``dovecot.port``, a user of its own), for
 # ``Instance.write(extra=...)``; the password comes from POSTDESK_TEST_IMAP_PW.

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from dovecot import PASSWORD, Dovecot
-from helpers import make_mail
+from helpers import Instance, make_mail
 from outboxkit import outbox_config, prepare
 from postgres import Server, fresh_database, server
 from relay import Relay
-from rolekit import IMAP_MAILBOX, DbInstance, Role, wait_until
+from rolekit import IMAP_MAILBOX, Role, wait_until
 from sqlalchemy import func, select
 
 from engine.store.models import Message
@@ -30,8 +30,8 @@ def pg() -> Iterator[Server]:
 
 
 @pytest.fixture
-def instance(pg: Server, tmp_path: Path) -> Iterator[DbInstance]:
-    inst = DbInstance(tmp_path / "instance", database=fresh_database(pg.url))
+def instance(pg: Server, tmp_path: Path) -> Iterator[Instance]:
+    inst = Instance(tmp_path / "instance", db_url=fresh_database(pg.url))
     yield inst
     if inst._engine is not None:
         inst._engine.dispose()
@@ -92,14 +92,14 @@ class Senders:
         return len(self.acked) >= than + by
 
 
-def _stored_counts(instance: DbInstance) -> dict[str, int]:
+def _stored_counts(instance: Instance) -> dict[str, int]:
     with instance.engine.connect() as conn:
         return dict(conn.execute(select(Message.message_id_header, func.count())
                                  .group_by(Message.message_id_header)).all())
 
 
 def test_gateway_answers_451_while_postgres_is_down_and_loses_nothing(
-        pg: Server, instance: DbInstance) -> None:
+        pg: Server, instance: Instance) -> None:
     instance.write()
     gateway = Role(instance, "gateway", name="gateway").wait_port(instance.smtp)
     senders = Senders(instance.smtp)
@@ -147,7 +147,7 @@ rules:
 
 
 def test_serve_keeps_sending_and_polling_across_a_postgres_outage(
-        pg: Server, instance: DbInstance, relay: Relay, dovecot: Dovecot,
+        pg: Server, instance: Instance, relay: Relay, dovecot: Dovecot,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTDESK_TEST_IMAP_PW", PASSWORD)
     user = dovecot.new_user()
@@ -180,7 +180,7 @@ def test_serve_keeps_sending_and_polling_across_a_postgres_outage(
         serve.kill()
 
 
-def _send(instance: DbInstance, message_id: str) -> None:
+def _send(instance: Instance, message_id: str) -> None:
     with smtplib.SMTP("127.0.0.1", instance.smtp, timeout=30) as client:
         client.sendmail("customer@client.test", ["support@example.test"],
                         make_mail("hello", message_id=message_id))

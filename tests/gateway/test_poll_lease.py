@@ -8,14 +8,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dovecot import PASSWORD, Dovecot
-from helpers import make_mail
-from postgres import cluster, fresh_database
-from rolekit import IMAP_MAILBOX, DbInstance, Role, wait_until
+from helpers import Instance, make_mail
+from rolekit import IMAP_MAILBOX, Role, wait_until
 from sqlalchemy import func, select
 
 from engine.leases import holders
@@ -24,30 +21,17 @@ from engine.store.models import Message
 LEASE = 3  # seconds
 
 
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with cluster() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def instance(request: pytest.FixtureRequest, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[DbInstance]:
+@pytest.fixture(autouse=True)
+def imap_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTDESK_TEST_IMAP_PW", PASSWORD)
-    database = fresh_database(request.getfixturevalue("pg_server")) \
-        if request.param == "postgresql" else ""
-    inst = DbInstance(tmp_path / "instance", database=database)
-    yield inst
-    if inst._engine is not None:
-        inst._engine.dispose()
 
 
-def _holder_pid(instance: DbInstance) -> int | None:
+def _holder_pid(instance: Instance) -> int | None:
     lease = holders(instance.engine).get("imap:imapbox/mailbox")
     return int(lease["holder"].split(":")[1]) if lease and not lease["expired"] else None
 
 
-def _stored(instance: DbInstance) -> tuple[int, int]:
+def _stored(instance: Instance) -> tuple[int, int]:
     with instance.engine.connect() as conn:
         return tuple(conn.execute(select(func.count(),
                                          func.count(Message.message_id_header.distinct()))).one())
@@ -60,7 +44,7 @@ def _deliver(dovecot: Dovecot, user: str, start: int, count: int) -> None:
 
 
 def test_one_poller_fetches_and_the_other_takes_over(dovecot: Dovecot,
-                                                    instance: DbInstance) -> None:
+                                                    instance: Instance) -> None:
     user = dovecot.new_user()
     instance.write(extra=IMAP_MAILBOX.format(port=dovecot.port, user=user, lease=LEASE))
     first = Role(instance, "poll", name="poll-a")

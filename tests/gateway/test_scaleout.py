@@ -12,17 +12,15 @@ import asyncio
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import aiosmtplib
-import pytest
-from helpers import make_mail
+from databases import PostgresServer
+from helpers import Instance, make_mail
 from outboxkit import prepare
-from postgres import cluster, fresh_database
 from relay import Relay
-from rolekit import DbInstance, Role
+from rolekit import Role
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -37,17 +35,11 @@ ACK_RULES = ("version: 1\nrules:\n  - {name: ack, type: auto-acknowledge, accoun
              "template: ack}\n")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with cluster() as url:
-        yield url
-
-
-def nodes(tmp_path: Path, relay: Relay, url: str, count: int) -> list[DbInstance]:
+def nodes(tmp_path: Path, relay: Relay, url: str, count: int) -> list[Instance]:
     """``count`` configurations of one installation (one database, one tag secret)."""
-    made: list[DbInstance] = []
+    made: list[Instance] = []
     for i in range(count):
-        node = DbInstance(tmp_path / f"node{i}", database=url)
+        node = Instance(tmp_path / f"node{i}", db_url=url)
         prepare(node, relay, ACK_RULES, breaker_per_minute=1_000_000, poll_seconds=0.05)
         if made:
             (node.dir / "tag.secret").write_bytes((made[0].dir / "tag.secret").read_bytes())
@@ -125,8 +117,8 @@ class Agents:
 
 
 def test_two_gateways_and_two_outbox_workers_store_and_answer_each_message_once(
-        tmp_path: Path, server: str, relay: Relay) -> None:
-    url = fresh_database(server)
+        tmp_path: Path, postgres_server: PostgresServer, relay: Relay) -> None:
+    url = postgres_server.create()  # empty: the first gateway to start migrates it
     first, second = nodes(tmp_path, relay, url, 2)
     engine = first.engine
     roles: list[Role] = []
