@@ -35,7 +35,13 @@ from engine.store.models import (
     User,
     UserAccount,
 )
-from engine.store.prepared import execute_many, insert_many, insert_returning_ids, select_rows
+from engine.store.prepared import (
+    execute_many,
+    insert_many,
+    insert_returning_ids,
+    pipelined,
+    select_rows,
+)
 from engine.threads import ThreadBatch
 from rules.evaluate import Decision
 
@@ -145,34 +151,36 @@ def store_batch(conn: Connection, deliveries: list[Delivery],
         slots.append(slot)
         decisions.append(decision)
         planned.append(automatic)
-    thread_ids = threads.flush()
-    for row, slot in zip(rows, slots, strict=True):
-        row["thread_id"] = thread_ids[slot]
-    pks = insert_returning_ids(conn, _MESSAGES, rows)
-    outcomes = [_outcome(kind, ref, known, pks) for kind, ref in plan]
-    _record_accounts(conn, [(r.message_pk, d.envelope) for r, d in zip(outcomes, deliveries,
-                                                                       strict=True)
-                            if isinstance(r, Receipt)])
-    new = [(pks[ref], deliveries[i], rows[ref]) for i, (kind, ref) in enumerate(plan)
-           if kind == "new"]
-    _store_attachments(conn, [(pk, d.parsed) for pk, d, _ in new])
-    _history(conn, [(pk, row["thread_id"], d.envelope, "received",
-                     {"thread_reason": row["thread_reason"]}) for pk, d, row in new])
-    _history(conn, [(pk, row["thread_id"], d.envelope, action["type"], action)
-                    for (pk, d, row), decision in zip(new, decisions, strict=True)
-                    if decision is not None for action in decision.actions])
-    _history(conn, [(pk, row["thread_id"], d.envelope, action, detail)
-                    for (pk, d, row), automatic in zip(new, planned, strict=True)
-                    for action, detail in automatic.history])
-    outbox = [out | {"cause_message_id": pk, "thread_id": row["thread_id"]}
-              for (pk, _, row), automatic in zip(new, planned, strict=True)
-              for out in automatic.rows]
-    if outbox:
-        insert_many(conn, Outbox.__table__, outbox)
-    hit = [name for decision in decisions if decision is not None
-           for name in decision.matched_rules()]
-    hit += [ref.rule for kind, ref in plan if kind == "rejected" and ref.rule]
-    _count_hits(conn, hit, deliveries[0].envelope.received_at if deliveries else None)
+    # from here on only this module's raw writes: pipelined on PostgreSQL
+    with pipelined(conn):
+        thread_ids = threads.flush()
+        for row, slot in zip(rows, slots, strict=True):
+            row["thread_id"] = thread_ids[slot]
+        pks = insert_returning_ids(conn, _MESSAGES, rows)
+        outcomes = [_outcome(kind, ref, known, pks) for kind, ref in plan]
+        _record_accounts(conn, [(r.message_pk, d.envelope) for r, d in zip(outcomes, deliveries,
+                                                                           strict=True)
+                                if isinstance(r, Receipt)])
+        new = [(pks[ref], deliveries[i], rows[ref]) for i, (kind, ref) in enumerate(plan)
+               if kind == "new"]
+        _store_attachments(conn, [(pk, d.parsed) for pk, d, _ in new])
+        _history(conn, [(pk, row["thread_id"], d.envelope, "received",
+                         {"thread_reason": row["thread_reason"]}) for pk, d, row in new])
+        _history(conn, [(pk, row["thread_id"], d.envelope, action["type"], action)
+                        for (pk, d, row), decision in zip(new, decisions, strict=True)
+                        if decision is not None for action in decision.actions])
+        _history(conn, [(pk, row["thread_id"], d.envelope, action, detail)
+                        for (pk, d, row), automatic in zip(new, planned, strict=True)
+                        for action, detail in automatic.history])
+        outbox = [out | {"cause_message_id": pk, "thread_id": row["thread_id"]}
+                  for (pk, _, row), automatic in zip(new, planned, strict=True)
+                  for out in automatic.rows]
+        if outbox:
+            insert_many(conn, Outbox.__table__, outbox)
+        hit = [name for decision in decisions if decision is not None
+               for name in decision.matched_rules()]
+        hit += [ref.rule for kind, ref in plan if kind == "rejected" and ref.rule]
+        _count_hits(conn, hit, deliveries[0].envelope.received_at if deliveries else None)
     return outcomes
 
 

@@ -19,7 +19,6 @@ unreachable, the disk is full) propagates, as ``StoreUnavailable``, so the MTA r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -89,7 +88,7 @@ class Writer:
         jobs = [_make_job(raw, envelope) for raw, envelope in items]
         rules = self.rules.context() if self.rules is not None else None
         try:
-            with self.engine.begin() as conn, _pipelined(conn):
+            with self.engine.begin() as conn:
                 return _store_all(conn, jobs, rules)
         except UNAVAILABLE as exc:  # every sender retries
             log.error("store unavailable: %s", exc.orig)
@@ -255,15 +254,6 @@ def _make_job(raw: bytes, envelope: Envelope) -> _Job:
         return _Job(raw, envelope, parse_message(raw, envelope.received_at), None)
     except Exception:  # noqa: BLE001 — the parser promises not to raise; belt and braces
         return _Job(raw, envelope, None, traceback.format_exc(limit=5))
-
-
-def _pipelined(conn: Connection) -> contextlib.AbstractContextManager[Any]:
-    """On PostgreSQL, psycopg's pipeline mode for a group: statements whose results nobody
-    reads (most inserts) go out without waiting for the server, so a group costs a few
-    round trips instead of one per statement."""
-    if conn.dialect.name != "postgresql":
-        return contextlib.nullcontext()
-    return conn.connection.dbapi_connection.pipeline()  # type: ignore[union-attr]
 
 
 def _store_all(conn: Connection, jobs: list[_Job],

@@ -10,6 +10,7 @@ SQLAlchemy exactly as if it had written them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -98,6 +99,16 @@ def _insert(dialect: Dialect, table: Table, keys: tuple[str, ...], ignore: bool,
     if returning:
         stmt = stmt.returning(*table.primary_key.columns)
     return _compiled(stmt, dialect, _column_defaults(table, keys), column_keys=list(keys))
+
+
+def pipelined(conn: Connection) -> contextlib.AbstractContextManager[Any]:
+    """On PostgreSQL, psycopg's pipeline mode: statements whose results nobody reads go out
+    without waiting for the server, so a run of inserts costs one round trip. Only for the
+    functions of this module, which read results with ``fetch*``: a SQLAlchemy statement
+    inside would see no rows (it looks at the cursor before the results arrive)."""
+    if conn.dialect.name != "postgresql":
+        return contextlib.nullcontext()
+    return conn.connection.dbapi_connection.pipeline()  # type: ignore[union-attr]
 
 
 def _cursor(conn: Connection) -> Any:
