@@ -111,7 +111,8 @@ def deliver(inst: Instance, raw: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def relay() -> Iterator[Relay]:
+def relay(database: Backend) -> Iterator[Relay]:
+    """One relay per backend's ``served`` instance (the tests count what it received)."""
     r = Relay().up()
     yield r
     r.down()
