@@ -49,4 +49,4 @@ def test_scaleout_bench_compares_sqlite_with_one_and_two_gateways_on_postgresql(
         assert setup["errors"] == 0 and setup["msgs_per_s"] > 0, setup
         assert setup["exit_codes"] == [0] * setup["gateways"], setup
         assert setup["log_problems"] == [], setup
-    assert setups[0]["ratio_to_sqlite"] == 1.0
+        assert setup["ratio_to_sqlite"] > 0, setup
