@@ -1,14 +1,16 @@
 """The intake pipeline: raw bytes + envelope in, a durably stored message out.
 
-``Intake.receive`` is the one call every entry point uses (SMTP, LMTP, later IMAP and
-import). Deliveries queue up on the caller's loop; one ``Writer`` parses and commits them in
-groups (group commit), and each caller's future resolves only after the transaction holding
-its message has committed, so the gateway's 250 always means "on disk".
+``Intake.receive`` is the one call every entry point uses (SMTP, LMTP, IMAP, import).
+Deliveries queue up on the caller's loop and go to the writer in groups as they come; the
+writer (``engine.intakewriter``) parses each group at once and commits everything parsed
+by the time its previous transaction is done in one transaction (group commit). Each
+caller's future resolves only after the transaction holding its message has committed, so
+the gateway's 250 always means "on disk".
 
-The writer runs in a thread, or with ``isolate=True`` (the gateway) in a child process of
-its own: parsing and storing then use a second core instead of fighting the event loop for
-the GIL (measured: the loop spent a large share of its time re-acquiring the GIL after socket
-writes while the writer thread ran).
+The writer runs in threads of this process, or with ``isolate=True`` (the gateway) in a
+child process of its own: parsing and storing then use a second core instead of fighting
+the event loop for the GIL (measured: the loop spent a large share of its time
+re-acquiring the GIL after socket writes while a writer thread ran).
 
 If a step after receiving fails (a bug, an odd message), the raw bytes are still committed,
 marked ``needs_attention`` with the error, so nothing is dropped and nothing behind it is
@@ -19,133 +21,25 @@ unreachable, the disk is full) propagates, as ``StoreUnavailable``, so the MTA r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import multiprocessing
-import os
-import signal
-import traceback
-from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import InterfaceError, OperationalError
+from engine.decisions import RuleFiles
+from engine.deliveries import Envelope, Receipt, Rejected
+from engine.intakewriter import (
+    UNAVAILABLE,
+    Outcome,
+    ProcessWriter,
+    StoreUnavailable,
+    ThreadWriter,
+    Writer,
+)
 
-from engine.decisions import RuleFiles, RulesContext
-from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
-from engine.mime import ParsedMessage, parse_message
-from engine.processes import die_with_parent
-from engine.store.database import checkpoint_in_background, make_engine, writer
+__all__ = ["UNAVAILABLE", "Intake", "Outcome", "StoreUnavailable", "Writer"]
 
 log = logging.getLogger(__name__)
-# The database itself failed (unreachable, locked past the busy timeout, disk full): the
-# sender must retry. Other errors, DataError and IntegrityError included, are about one
-# message and are isolated instead.
-UNAVAILABLE = (OperationalError, InterfaceError)
-# Groups handed to the writer at once: one being committed, one waiting (measured: with one,
-# the writer sat idle while each group's results travelled back to the loop).
-IN_FLIGHT = 2
-
-
-class StoreUnavailable(Exception):
-    """The message could not be committed; the sender must try again later (4xx)."""
-
-
-Outcome = Receipt | Rejected | Exception
-
-
-@dataclass
-class _Job:
-    raw: bytes
-    envelope: Envelope
-    parsed: ParsedMessage | None
-    parse_error: str | None
-
-
-class Writer:
-    """Parses and commits groups of deliveries over its own engine (thread or process)."""
-
-    def __init__(self, url: str, busy_timeout_ms: int = 10_000,
-                 rules: RuleFiles | None = None):
-        self.rules = rules
-        if rules is not None:
-            rules.context()  # load now, not with the first message
-        # No ping before each group: it is a round trip per commit on PostgreSQL (a sixth of
-        # the writer's time). A connection a database restart killed fails its group (451,
-        # senders retry) and is thrown away; the next group connects anew.
-        engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=1, pre_ping=False)
-        self._checkpoints = (checkpoint_in_background(engine)
-                             if engine.dialect.name == "sqlite" else None)
-        self.engine = writer(engine)
-
-    def close(self) -> None:
-        if self._checkpoints is not None:
-            self._checkpoints.set()
-        self.engine.dispose()
-
-    def commit(self, items: list[tuple[bytes, Envelope]]) -> list[Outcome]:
-        """Commit all in one transaction; after a pipeline fault, each on its own."""
-        jobs = [_make_job(raw, envelope) for raw, envelope in items]
-        rules = self.rules.context() if self.rules is not None else None
-        try:
-            with self.engine.begin() as conn:
-                return _store_all(conn, jobs, rules)
-        except UNAVAILABLE as exc:  # every sender retries
-            log.error("store unavailable: %s", exc.orig)
-            return [StoreUnavailable(str(exc.orig))] * len(jobs)
-        except Exception:  # noqa: BLE001 — a pipeline fault: isolate the message(s) causing it
-            log.warning("group of %d failed in the pipeline; storing one by one", len(jobs))
-        outcomes: list[Outcome] = []
-        for job in jobs:
-            if outcomes and isinstance(outcomes[-1], StoreUnavailable):
-                outcomes.append(outcomes[-1])  # don't wait out a dead database per message
-            else:
-                outcomes.append(self._commit_one(job, rules))
-        return outcomes
-
-    def status(self) -> dict[str, Any]:
-        """Rule set version and reload error, for /healthz."""
-        if self.rules is None:
-            return {"rules_version": None, "rules_error": None}
-        context = self.rules.context()
-        return {"rules_version": context.ruleset.version, "rules_error": self.rules.error,
-                **context.counters}
-
-    def _commit_one(self, job: _Job, rules: RulesContext | None) -> Outcome:
-        try:
-            with self.engine.begin() as conn:
-                return _store_guarded(conn, job, rules)
-        except Exception as exc:  # noqa: BLE001 — not even the raw bytes went in: retry later
-            log.error("store unavailable: %s", exc)
-            return StoreUnavailable(str(exc))
-
-
-# The writer of an isolated intake lives in its own process, one per Intake.
-_child_writer: Writer | None = None
-
-
-def _start_child(parent: int, url: str, busy_timeout_ms: int, rules: RuleFiles | None) -> None:
-    global _child_writer
-    die_with_parent(parent)  # a killed gateway must not leave its writer behind
-    # Ctrl-C reaches the whole process group: the parent decides when the writer stops
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _child_writer = Writer(url, busy_timeout_ms, rules)
-
-
-def _child_commit(items: list[tuple[bytes, Envelope]]) -> list[Outcome]:
-    assert _child_writer is not None
-    return _child_writer.commit(items)
-
-
-def _child_status() -> dict[str, Any]:
-    assert _child_writer is not None
-    return _child_writer.status()
-
-
-def _child_ready() -> bool:
-    return _child_writer is not None
+START_TIMEOUT = 120.0  # a spawned writer imports the engine and loads the rules first
 
 
 class Intake:
@@ -158,30 +52,43 @@ class Intake:
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
         self.isolate = isolate
-        self._executor: Executor | None = None
-        self._writer: Writer | None = None  # in-thread writer only
-        self._commit = None
+        self._writer: ThreadWriter | ProcessWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[tuple[bytes, Envelope], asyncio.Future[Receipt]]] = (
             asyncio.Queue())
+        self._pending: dict[int, list[asyncio.Future[Any]]] = {}  # group ident -> futures
+        self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}  # status requests
+        self._idents = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process (``isolate=True``), for tests and status."""
+        return self._writer.process.pid if isinstance(self._writer, ProcessWriter) else None
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._open_writer()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self._loop.create_task(self._run())
 
     async def _open_writer(self) -> None:
+        if not self.isolate:
+            self._writer = ThreadWriter(self.url, self.busy_timeout_ms, self.rules,
+                                        self.max_batch, self._done_threadsafe)
+            return
+        writer = self._spawn()
         loop = asyncio.get_running_loop()
-        if self.isolate:
-            self._executor = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_child,
-                initargs=(os.getpid(), self.url, self.busy_timeout_ms, self.rules))
-            self._commit = _child_commit
-            await loop.run_in_executor(self._executor, _child_ready)  # spawn and import now
-        else:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="intake")
-            self._writer = Writer(self.url, self.busy_timeout_ms, self.rules)
-            self._commit = self._writer.commit
+        # spawn, import and load the rules now, not with the first message
+        ready = await loop.run_in_executor(None, writer.ready.wait, START_TIMEOUT)
+        if not ready or not writer.process.is_alive():
+            raise RuntimeError("the intake writer process did not start (see its log)")
+
+    def _spawn(self) -> ProcessWriter:
+        writer = ProcessWriter(self.url, self.busy_timeout_ms, self.rules, self.max_batch,
+                               self._done_threadsafe, self._death_threadsafe)
+        self._writer = writer
+        return writer
 
     async def stop(self) -> None:
         """Commit everything already handed in, then stop the writer."""
@@ -190,16 +97,18 @@ class Intake:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
         if self._writer is not None:
-            self._writer.close()
+            writer, self._writer = self._writer, None
+            await asyncio.get_running_loop().run_in_executor(None, writer.stop)
 
     async def status(self) -> dict[str, Any]:
         """The writer's rule set version and last reload error."""
-        if self._writer is not None:
-            return self._writer.status()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _child_status)
+        assert self._loop is not None and self._writer is not None
+        future = self._loop.create_future()
+        ident = next(self._idents)
+        self._asked[ident] = future
+        self._writer.send("status", ident)
+        return await future
 
     async def receive(self, raw: bytes, envelope: Envelope) -> Receipt | Rejected:
         """Store one delivery; returns after commit, raises StoreUnavailable otherwise."""
@@ -212,76 +121,59 @@ class Intake:
         return await future
 
     async def _run(self) -> None:
-        """Take what has queued up as one group and hand it to the writer; keep up to
-        ``IN_FLIGHT`` groups queued there so it never idles while results travel back."""
-        slots = asyncio.Semaphore(IN_FLIGHT)
-        pending: set[asyncio.Task[None]] = set()
+        """Hand the writer whatever has queued up, as one group, as soon as it is there:
+        the writer merges groups waiting for it into one transaction."""
         while True:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._commit_group(batch))
-            pending.add(task)
-            task.add_done_callback(lambda t: (pending.discard(t), slots.release()))
+            ident = next(self._idents)
+            self._pending[ident] = [future for _, future in batch]
+            assert self._writer is not None
+            self._writer.send("commit", ident, [item for item, _ in batch])
 
-    async def _commit_group(self, batch: list[tuple[tuple[bytes, Envelope],
-                                                    asyncio.Future[Receipt]]]) -> None:
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        try:
-            outcomes = await loop.run_in_executor(executor, self._commit,
-                                                  [item for item, _ in batch])
-        except BrokenExecutor as exc:  # the writer process died: answer 451, start anew
-            log.error("intake writer died (%s); restarting it", exc)
-            outcomes = [StoreUnavailable("writer restarted")] * len(batch)
-            if self._executor is executor:
-                await self._open_writer()
-        except Exception as exc:  # noqa: BLE001 — must never kill the intake
-            log.exception("intake writer failed")
-            outcomes = [StoreUnavailable(str(exc))] * len(batch)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if not future.done():
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+    def _done_threadsafe(self, ident: int, payload: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._done, ident, payload)
+
+    def _death_threadsafe(self) -> None:
+        assert self._loop is not None
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._died)
+
+    def _done(self, ident: int, payload: Any) -> None:
+        if ident in self._asked:
+            _settle(self._asked.pop(ident), payload)
+            return
+        futures = self._pending.pop(ident, None)
+        if futures is None:  # answered already (its writer was declared dead)
+            return
+        for future, outcome in zip(futures, payload, strict=True):
+            _settle(future, outcome)
             self._queue.task_done()
 
-
-def _make_job(raw: bytes, envelope: Envelope) -> _Job:
-    try:
-        return _Job(raw, envelope, parse_message(raw, envelope.received_at), None)
-    except Exception:  # noqa: BLE001 — the parser promises not to raise; belt and braces
-        return _Job(raw, envelope, None, traceback.format_exc(limit=5))
-
-
-def _store_all(conn: Connection, jobs: list[_Job],
-               rules: RulesContext | None) -> list[Receipt | Rejected]:
-    """The fast path: parsed jobs in one batch, unparseable ones raw."""
-    parsed = [(i, Delivery(j.raw, j.envelope, j.parsed)) for i, j in enumerate(jobs)
-              if j.parsed is not None]
-    receipts: dict[int, Receipt | Rejected] = dict(zip(
-        [i for i, _ in parsed], store_batch(conn, [d for _, d in parsed], rules), strict=True))
-    for i, job in enumerate(jobs):
-        if i not in receipts:
-            receipts[i] = store_raw(conn, job.raw, job.envelope, job.parse_error or "", None)
-    return [receipts[i] for i in range(len(jobs))]
+    def _died(self) -> None:
+        """The writer process is gone: everything it had gets 451, a new one starts."""
+        if self._writer is None:  # stopped on purpose
+            return
+        log.error("intake writer process died; restarting it")
+        lost, self._pending = self._pending, {}
+        for futures in lost.values():
+            for future in futures:
+                _settle(future, StoreUnavailable("writer restarted"))
+                self._queue.task_done()
+        asked, self._asked = self._asked, {}
+        for future in asked.values():
+            _settle(future, StoreUnavailable("writer restarted"))
+        self._spawn()
 
 
-def _store_guarded(conn: Connection, job: _Job,
-                   rules: RulesContext | None) -> Receipt | Rejected:
-    """Store one job; if the pipeline fails on it, keep its bytes marked for attention."""
-    if job.parsed is not None:
-        try:
-            with conn.begin_nested():
-                delivery = Delivery(job.raw, job.envelope, job.parsed)
-                return store_batch(conn, [delivery], rules)[0]
-        except UNAVAILABLE:
-            raise
-        except Exception:  # noqa: BLE001 — the fault is recorded on the message
-            error = traceback.format_exc(limit=5)
-            log.error("pipeline failed, storing raw for attention: %s", error.splitlines()[-1])
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
     else:
-        error = job.parse_error or "parse failed"
-    return store_raw(conn, job.raw, job.envelope, error, job.parsed)
+        future.set_result(outcome)
+
+
