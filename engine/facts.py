@@ -25,6 +25,7 @@ class MessageFacts(Mapping[str, Any]):
         self._values = values
         self._headers = headers
         self._lazy = lazy or {}
+        self._by_name: dict[str, str] | None = None  # header name (lower) -> first value
 
     def __getitem__(self, key: str) -> Any:
         if key in self._values:
@@ -33,10 +34,13 @@ class MessageFacts(Mapping[str, Any]):
             self._values[key] = self._lazy.pop(key)()
             return self._values[key]
         if key.startswith("header."):
-            wanted = key[7:].lower()
-            for name, value in self._headers:
-                if name.lower() == wanted:
-                    return value
+            if self._by_name is None:  # the first occurrence of each name, as email.Message
+                self._by_name = {}
+                for name, value in self._headers:
+                    self._by_name.setdefault(name.lower(), value)
+            found = self._by_name.get(key[7:].lower())
+            if found is not None:
+                return found
         raise KeyError(key)
 
     def get(self, key: str, default: Any = None) -> Any:
