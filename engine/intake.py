@@ -132,25 +132,26 @@ class Intake:
             assert self._writer is not None
             self._writer.send("commit", ident, [item for item, _ in batch])
 
-    def _done_threadsafe(self, ident: int, payload: Any) -> None:
+    def _done_threadsafe(self, answers: list[tuple[int, Any]]) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._done, ident, payload)
+        self._loop.call_soon_threadsafe(self._done, answers)
 
     def _death_threadsafe(self) -> None:
         assert self._loop is not None
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._died)
 
-    def _done(self, ident: int, payload: Any) -> None:
-        if ident in self._asked:
-            _settle(self._asked.pop(ident), payload)
-            return
-        futures = self._pending.pop(ident, None)
-        if futures is None:  # answered already (its writer was declared dead)
-            return
-        for future, outcome in zip(futures, payload, strict=True):
-            _settle(future, outcome)
-            self._queue.task_done()
+    def _done(self, answers: list[tuple[int, Any]]) -> None:
+        for ident, payload in answers:
+            if ident in self._asked:
+                _settle(self._asked.pop(ident), payload)
+                continue
+            futures = self._pending.pop(ident, None)
+            if futures is None:  # answered already (its writer was declared dead)
+                continue
+            for future, outcome in zip(futures, payload, strict=True):
+                _settle(future, outcome)
+                self._queue.task_done()
 
     def _died(self) -> None:
         """The writer process is gone: everything it had gets 451, a new one starts."""

@@ -9,7 +9,8 @@ the caller).
 
 ``ThreadWriter`` hosts it in the caller's process; ``ProcessWriter`` in a spawned child fed
 over pipes (the gateway: parsing and storing use a second core instead of fighting the
-event loop for the GIL). Both call ``on_done(ident, outcomes)`` from a thread of theirs;
+event loop for the GIL). Both call ``on_done(answers)`` from a thread of theirs, once per
+transaction with ``(ident, outcomes)`` for each group it held;
 ``ProcessWriter`` calls ``on_death()`` when its child is gone, with groups unanswered.
 """
 
@@ -47,7 +48,8 @@ class StoreUnavailable(Exception):
 
 Outcome = Receipt | Rejected | Exception
 Items = list[tuple[bytes, Envelope]]
-OnDone = Callable[[int, Any], None]
+# the answers of one transaction: (ident, outcomes or a status) per group it held
+OnDone = Callable[[list[tuple[int, Any]]], None]
 
 
 @dataclass
@@ -177,13 +179,15 @@ class _Host:
         except Exception as exc:  # noqa: BLE001 — must never kill the host
             log.exception("intake writer failed")
             outcomes = [StoreUnavailable(str(exc))] * len(jobs)
+        answers: list[tuple[int, Any]] = []
         at = 0
         for kind, ident, payload in groups:
             if kind == "status":
-                self.on_done(ident, self.writer.status())
+                answers.append((ident, self.writer.status()))
             else:
-                self.on_done(ident, outcomes[at:at + len(payload)])
+                answers.append((ident, outcomes[at:at + len(payload)]))
                 at += len(payload)
+        self.on_done(answers)  # one hand-over per transaction, not per group
 
 
 class ThreadWriter:
@@ -253,11 +257,11 @@ class ProcessWriter:
     def _receive_loop(self) -> None:
         try:
             while True:
-                kind, ident, payload = self._from_child.recv()
+                kind, answers = self._from_child.recv()
                 if kind == "ready":
                     self.ready.set()
                 else:
-                    self._on_done(ident, payload)
+                    self._on_done(answers)
         except (EOFError, OSError):
             pass
         self._from_child.close()
@@ -280,9 +284,9 @@ def _child_main(inbox: Any, outbox: Any, parent: int, url: str, busy_timeout_ms:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host = _Host(Writer(url, busy_timeout_ms, rules), lambda i, p: outbox.send(("done", i, p)),
+    host = _Host(Writer(url, busy_timeout_ms, rules), lambda a: outbox.send(("done", a)),
                  max_batch)
-    outbox.send(("ready", 0, None))
+    outbox.send(("ready", None))
     try:
         while (message := inbox.recv()) is not _STOP:
             kind, ident, items = message
