@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from helpers import make_mail, write_lock_held
@@ -172,3 +173,45 @@ def test_isolated_writer_process_commits_and_is_replaced_when_it_dies(store: Eng
     assert not first.duplicate and not again.needs_attention
     assert isinstance(lost, StoreUnavailable) or lost.message_pk == again.message_pk
     assert count(store) == 2
+
+
+def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> None:
+    """While a transaction waits (here on a lock another client holds; normally on the disk),
+    the groups handed in meanwhile are parsed and then committed together in ONE
+    transaction, each group still answered with its own outcomes."""
+    import threading
+
+    from engine.intakewriter import ThreadWriter
+
+    url = store.url.render_as_string(hide_password=False)
+    answered: dict[int, list[object]] = {}
+    done = threading.Event()
+    sizes: list[int] = []
+
+    def on_done(answers: list[tuple[int, list[object]]]) -> None:
+        sizes.append(sum(len(outcomes) for _, outcomes in answers))
+        answered.update(answers)
+        if len(answered) == 4:
+            done.set()
+
+    writer = ThreadWriter(url, 10_000, None, 64, on_done)
+    groups = {1: 1, 2: 3, 3: 5, 4: 2}  # ident -> messages
+    try:
+        with write_lock_held(store):
+            writer.send("commit", 1, [(make_mail("first", message_id="<w1@c>"), envelope())])
+            time.sleep(0.5)  # the first transaction now waits for the lock
+            n = 0
+            for ident in (2, 3, 4):
+                writer.send("commit", ident, [
+                    (make_mail(f"m{n + i}", message_id=f"<w{ident}.{i}@c>"), envelope())
+                    for i in range(groups[ident])])
+                n += groups[ident]
+            time.sleep(0.5)  # all three parsed and waiting
+        assert done.wait(30)
+    finally:
+        writer.stop()
+    assert sizes == [1, 10]  # the three waiting groups went in as one transaction
+    assert {ident: len(outcomes) for ident, outcomes in answered.items()} == groups
+    receipts = [r for outcomes in answered.values() for r in outcomes]
+    assert all(not isinstance(r, Exception) and not r.duplicate for r in receipts)
+    assert count(store) == 11
