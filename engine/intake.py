@@ -27,16 +27,9 @@ from typing import Any
 
 from engine.decisions import RuleFiles
 from engine.deliveries import Envelope, Receipt, Rejected
-from engine.intakewriter import (
-    UNAVAILABLE,
-    Outcome,
-    ProcessWriter,
-    StoreUnavailable,
-    ThreadWriter,
-    Writer,
-)
+from engine.intakewriter import ProcessWriter, StoreUnavailable, ThreadWriter
 
-__all__ = ["UNAVAILABLE", "Intake", "Outcome", "StoreUnavailable", "Writer"]
+__all__ = ["Intake", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 120.0  # a spawned writer imports the engine and loads the rules first
@@ -81,7 +74,7 @@ class Intake:
         loop = asyncio.get_running_loop()
         # spawn, import and load the rules now, not with the first message
         ready = await loop.run_in_executor(None, writer.ready.wait, START_TIMEOUT)
-        if not ready or not writer.process.is_alive():
+        if not ready or not writer.started:
             raise RuntimeError("the intake writer process did not start (see its log)")
 
     def _spawn(self) -> ProcessWriter:
@@ -155,8 +148,8 @@ class Intake:
 
     def _died(self) -> None:
         """The writer process is gone: everything it had gets 451, a new one starts."""
-        if self._writer is None:  # stopped on purpose
-            return
+        if self._writer is None or self._task is None:  # stopped on purpose, or starting:
+            return  # start() reports a writer that died before it was ready
         log.error("intake writer process died; restarting it")
         lost, self._pending = self._pending, {}
         for futures in lost.values():

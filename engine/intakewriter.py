@@ -225,7 +225,8 @@ class ProcessWriter:
         context = multiprocessing.get_context("spawn")
         to_child, self._to_child = context.Pipe(duplex=False)
         self._from_child, from_child = context.Pipe(duplex=False)
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set on the child's "ready", or on its death
+        self.started = False  # the child did say "ready"
         self._on_done, self._on_death = on_done, on_death
         self.process = context.Process(
             target=_child_main, name="postdesk-intake-writer", daemon=True,
@@ -259,12 +260,14 @@ class ProcessWriter:
             while True:
                 kind, answers = self._from_child.recv()
                 if kind == "ready":
+                    self.started = True
                     self.ready.set()
                 else:
                     self._on_done(answers)
         except (EOFError, OSError):
             pass
         self._from_child.close()
+        self.ready.set()  # a child that died starting must not keep start() waiting
         self._on_death()
 
     def stop(self, timeout: float = 60.0) -> None:

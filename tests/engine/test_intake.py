@@ -195,18 +195,28 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
             done.set()
 
     writer = ThreadWriter(url, 10_000, None, 64, on_done)
+    committing = threading.Event()  # the real commit, told when it is first entered
+    real_commit = writer._host.writer.commit
+
+    def commit(jobs: list[object]) -> list[object]:
+        committing.set()
+        return real_commit(jobs)
+
+    writer._host.writer.commit = commit  # type: ignore[method-assign]
     groups = {1: 1, 2: 3, 3: 5, 4: 2}  # ident -> messages
     try:
         with write_lock_held(store):
             writer.send("commit", 1, [(make_mail("first", message_id="<w1@c>"), envelope())])
-            time.sleep(0.5)  # the first transaction now waits for the lock
+            assert committing.wait(30)
+            time.sleep(0.2)  # its transaction now waits for the lock
+            waiting = writer._host._parsed  # parsed groups the commit thread has not taken
             n = 0
             for ident in (2, 3, 4):
                 writer.send("commit", ident, [
                     (make_mail(f"m{n + i}", message_id=f"<w{ident}.{i}@c>"), envelope())
                     for i in range(groups[ident])])
                 n += groups[ident]
-            time.sleep(0.5)  # all three parsed and waiting
+            wait_for(lambda: waiting.qsize() == 3)  # all three parsed and waiting
         assert done.wait(30)
     finally:
         writer.stop()
@@ -215,3 +225,10 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
     receipts = [r for outcomes in answered.values() for r in outcomes]
     assert all(not isinstance(r, Exception) and not r.duplicate for r in receipts)
     assert count(store) == 11
+
+
+def wait_for(condition: object, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
