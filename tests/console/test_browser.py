@@ -77,8 +77,10 @@ def test_log_in_see_counts_live_and_get_next(browser: Browser, served: Instance)
     expect(_count(page)).to_have_text("3")
     expect(page.locator("table.inbox tbody tr")).to_have_count(1)
     page.screenshot(path=str(OUTPUT / "console-home-inbox.png"), full_page=True)
+    page.wait_for_load_state()  # keys.js is deferred: a key before it runs does nothing
     page.keyboard.press("n")  # the shortcut: next from the first queue
     expect(page).to_have_url(re.compile(r"/messages/\d+$"))
+    page.wait_for_load_state()  # the URL changes before the new page's scripts have run
     first = page.url
     page.keyboard.press("n")  # on a message: next from its queue
     expect(page).not_to_have_url(first)
