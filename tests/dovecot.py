@@ -24,7 +24,12 @@ from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PASSWORD = "testpw"
+PORT_ATTEMPTS = 5
 _names = itertools.count(1)
+
+
+class PortTaken(RuntimeError):
+    """Dovecot could not listen: another process has the port."""
 
 
 def _free_port() -> int:
@@ -41,40 +46,87 @@ class Dovecot:
             raise RuntimeError("Debian's dovecot-imapd is not installed "
                                "(make test installs it as root)")
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
-        self.port, self.ssl_port = _free_port(), _free_port()
         self.cafile = self.dir / "cert.pem"
         self.conf = self.dir / "dovecot.conf"
-        self.start()
+        try:
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                # free a moment ago; another process (a second test worker) may bind it first
+                self.port, self.ssl_port = _free_port(), _free_port()
+                try:
+                    self._start_once()
+                    break
+                except PortTaken:
+                    if attempt == PORT_ATTEMPTS:
+                        raise
+        except BaseException:
+            self.close()
+            raise
 
-    def start(self) -> None:
-        subprocess.run([FIXTURES / "start-dovecot.sh", str(self.dir), str(self.port),
-                        str(self.ssl_port)], check=True, capture_output=True, timeout=60,
-                       env={**os.environ, "ANY_USER_PASSWORD": PASSWORD})
+    def start(self, timeout: float = 30.0) -> None:
+        """Start again after ``kill``/``stop``, on the same ports (clients reconnect to them).
+
+        The old master is gone by then, but a port can still be held for a moment, so a start
+        refused with "Address already in use" is tried again until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._start_once()
+                return
+            except PortTaken:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _start_once(self) -> None:
+        done = subprocess.run([FIXTURES / "start-dovecot.sh", str(self.dir), str(self.port),
+                               str(self.ssl_port)], capture_output=True, text=True, timeout=90,
+                              env={**os.environ, "ANY_USER_PASSWORD": PASSWORD})
+        if done.returncode == 0:
+            return
+        log = self.dir / "dovecot.log"
+        why = (f"start-dovecot.sh (ports {self.port}, {self.ssl_port}) exited "
+               f"{done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}\n"
+               f"dovecot.log: {log.read_text(errors='replace')[-3000:] if log.exists() else '-'}")
+        raise (PortTaken if "Address already in use" in done.stderr else RuntimeError)(why)
 
     def stop(self) -> None:
         subprocess.run([FIXTURES / "stop-dovecot.sh", str(self.dir)], capture_output=True,
                        timeout=60)
 
+    def _master_pid(self) -> int | None:
+        """The running master's PID (None if there is none: never a reused PID's process)."""
+        try:
+            pid = int((self.dir / "run" / "master.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if str(self.conf).encode() in cmdline else None
+
     def kill(self) -> None:
-        """A crash: SIGKILL to the master and every Dovecot process of its group."""
-        pid = int((self.dir / "run" / "master.pid").read_text())
-        if os.getpgid(pid) == pid:  # the start script makes the master a group leader
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
+        """A crash: SIGKILL to the master and every Dovecot process of its group; returns when
+        all are gone (an imap-login child holds the listening socket until it has exited)."""
+        pid = self._master_pid()
+        if pid is None:
+            return
+        group = os.getpgid(pid) == pid  # the master daemonizes with setsid()
+        signal_all = os.killpg if group else os.kill
+        signal_all(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                os.kill(pid, 0)
+                signal_all(pid, 0)  # zombies count until reaped: then the sockets are closed
             except ProcessLookupError:
                 return
             time.sleep(0.02)
+        ps = subprocess.run(["ps", "-o", "pid,stat,wchan,args", "-g", str(pid)],
+                            capture_output=True, text=True).stdout
+        raise RuntimeError(f"Dovecot processes of group {pid} still there 30 s after "
+                           f"SIGKILL:\n{ps}")
 
     def close(self) -> None:
         """Throw the server away (a graceful stop takes 1–2 s; nothing here needs one)."""
-        if (self.dir / "run" / "master.pid").exists():
-            with contextlib.suppress(ProcessLookupError):
-                self.kill()
+        with contextlib.suppress(ProcessLookupError):
+            self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def new_user(self) -> str:
