@@ -12,12 +12,25 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+
+PORT_ATTEMPTS = 5
+
+
+class PortTaken(RuntimeError):
+    """The server could not listen: another process has the port."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _bin() -> Path | None:
@@ -51,31 +64,66 @@ class Server:
         if os.geteuid() == 0:  # initdb refuses root
             shutil.chown(self.root, "postgres", "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = _free_port()
         self.data = self.root / "data"
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         subprocess.run([*self.as_user, self.bin / "initdb", "-D", self.data, "-U", "postgres",
                         "--auth=trust", "--no-sync", "-E", "UTF8"],
                        check=True, capture_output=True, timeout=120)
 
-    def _ctl(self, *args: str) -> None:
-        subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-l",
-                        self.root / "log", "-w", *args], check=True, capture_output=True,
-                       timeout=60)
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> None:
-        self._ctl("-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
-                  f"{self.options}", "start")
+    def _ctl(self, *args: str) -> None:
+        log = self.root / "log"
+        seen = log.stat().st_size if log.exists() else 0
+        done = subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-l", log,
+                               "-w", *args], capture_output=True, text=True, timeout=120)
+        if done.returncode == 0:
+            return
+        with open(log, errors="replace") as file:  # this attempt's part of the server log
+            file.seek(seen)
+            tail = file.read()[-3000:]
+        why = (f"pg_ctl {' '.join(args)} (port {self.port}) exited {done.returncode}\n"
+               f"{done.stdout}{done.stderr}server log:\n{tail}")
+        raise (PortTaken if "Address already in use" in tail else RuntimeError)(why)
+
+    def _options(self) -> str:
+        return f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}{self.options}"
+
+    def first_start(self) -> None:
+        """Start on a free port: one free a moment ago may have been taken since (another
+        test worker), so a refused start is tried again on another."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._ctl("-o", self._options(), "start")
+                return
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = _free_port()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start again on the same port (clients reconnect to it); a port still held for a
+        moment is waited for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._ctl("-o", self._options(), "start")
+                return
+            except PortTaken:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: sessions are terminated, the port closes."""
         self._ctl("-m", "fast", "stop")
 
     def restart(self) -> None:
-        self._ctl("-m", "fast", "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                  f"-k {self.root}{self.options}", "restart")
+        """``pg_ctl restart -m fast`` (every connection is cut), on the same port."""
+        self.stop()
+        self.start()
 
     def destroy(self) -> None:
         subprocess.run([*self.as_user, self.bin / "pg_ctl", "-D", self.data, "-m", "fast",
@@ -89,7 +137,7 @@ def server(*, durable: bool = False) -> Iterator[Server]:
     ``durable``: with fsync, as a production server (benchmarks)."""
     running = Server(durable=durable)
     try:
-        running.start()
+        running.first_start()
         yield running
     finally:
         running.destroy()
