@@ -2,9 +2,11 @@
 
 Wraps the few commands the poller needs (RFC 3501 with UIDPLUS, MOVE, IDLE) and turns every
 failure into one of three exceptions: ``LoginFailed`` (the credentials, an admin must act),
-``ConnectionLost`` (the socket went away; reconnect) and ``ImapError`` (a command failed).
-aioimaplib leaves commands pending when the socket closes, so every call races the
-connection-lost callback instead of waiting out its timeout.
+``ConnectionLost`` (the socket went away, or the server stopped answering; reconnect) and
+``ImapError`` (a command failed). aioimaplib leaves commands pending when the socket closes,
+so every call races the connection-lost callback instead of waiting out its timeout; and
+several of its commands (UID MOVE, COPY, STORE, EXPUNGE, the IDLE handshake) have no timeout
+at all, so every call is also bounded by the server's ``timeout`` here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aioimaplib.aioimaplib import (
 from aioimaplib.aioimaplib import quoted as imap_quoted
 
 T = TypeVar("T")
+_SERVER_TIMEOUT = -1.0  # ``_call``: bound the call by ``ServerSettings.timeout``
 _FETCH_START = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -37,11 +40,12 @@ _EXISTS = re.compile(rb"^\d+ (EXISTS|RECENT)\b")
 
 
 class ImapError(Exception):
-    """A command failed or timed out; the session may still be usable."""
+    """A command failed; the session may still be usable."""
 
 
 class ConnectionLost(ImapError):
-    """The connection closed or could not be opened: reconnect with back-off."""
+    """The connection closed, could not be opened, or the server did not answer a command in
+    time (the session is dropped then): reconnect with back-off."""
 
 
 class LoginFailed(ImapError):
@@ -115,6 +119,7 @@ class ImapConnection:
         self.server = server
         self._lost: asyncio.Future[BaseException | None] = (
             asyncio.get_running_loop().create_future())
+        self._aborted = False
         context = tls_context(server.ca_file) if server.tls == "implicit" else None
         self.client = IMAP4(server.host, server.port, timeout=server.timeout,
                             conn_lost_cb=self._connection_lost, ssl_context=context)
@@ -140,8 +145,8 @@ class ImapConnection:
         except ssl.SSLCertVerificationError as exc:
             raise LoginFailed(f"TLS certificate of {where} not trusted: {exc.verify_message} "
                               "(set ca_file to the CA that signed it)") from None
-        except (OSError, TimeoutError) as exc:
-            raise ConnectionLost(f"cannot connect to {where}: {exc or 'timeout'}") from None
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {where}: {exc}") from None
         if self.server.tls == "starttls":
             await self._starttls()
         response = await self._call(self.client.login(self.server.user, self.server.password))
@@ -171,28 +176,43 @@ class ImapConnection:
 
     @property
     def closed(self) -> bool:
-        return self._lost.done()
+        return self._aborted or self._lost.done()
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable`` unless the connection drops first."""
-        if self._lost.done():
+    async def _call(self, awaitable: Awaitable[T], timeout: float | None = _SERVER_TIMEOUT) -> T:
+        """Await ``awaitable`` unless the connection drops first or the server leaves it
+        unanswered for ``timeout`` seconds (default: the server's; None: ``awaitable`` has a
+        timeout of its own)."""
+        if self.closed:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()
             raise ConnectionLost("connection closed")
+        limit = self.server.timeout if timeout == _SERVER_TIMEOUT else timeout
         task = asyncio.ensure_future(awaitable)
-        await asyncio.wait({task, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, self._lost}, timeout=limit,
+                           return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             task.cancel()
-            raise ConnectionLost(f"connection lost: {self._lost.result() or 'closed by server'}")
+            if self._lost.done():
+                raise ConnectionLost(
+                    f"connection lost: {self._lost.result() or 'closed by server'}")
+            raise self._no_answer()
         try:
             return task.result()
         except (TimeoutError, CommandTimeout):
-            raise ImapError("command timed out") from None
+            raise self._no_answer() from None
         except AioImapException as exc:  # e.g. a command illegal in the session's state
             raise ImapError(f"IMAP client: {exc}") from None
 
-    async def _ok(self, awaitable: Awaitable[Any], what: str) -> Any:
-        response = await self._call(awaitable)
+    def _no_answer(self) -> ConnectionLost:
+        """A command the server left unanswered: the session is in an unknown state (the reply
+        may still come, and aioimaplib holds every later command behind it), so drop it."""
+        self.abort()
+        return ConnectionLost(f"no answer from {self.server.host}:{self.server.port} "
+                              f"within {self.server.timeout:g} s; reconnecting")
+
+    async def _ok(self, awaitable: Awaitable[Any], what: str,
+                  timeout: float | None = _SERVER_TIMEOUT) -> Any:
+        response = await self._call(awaitable, timeout)
         if response.result != "OK":
             raise ImapError(f"{what} failed: {_text(response.lines[-1:]) or response.result}")
         return response
@@ -234,7 +254,9 @@ class ImapConnection:
         protocol = self.client.protocol
         command = _Fetch(protocol.new_tag(), uid_set(uids), items, prefix="UID",
                          loop=protocol.loop, timeout=self.server.timeout)
-        response = await self._ok(protocol.execute(command), "FETCH")
+        # the command's own timer fires after ``timeout`` s without data (a big batch may take
+        # longer than that in all, and is not cut off while it flows)
+        response = await self._ok(protocol.execute(command), "FETCH", timeout=None)
         return _parse_fetch(response.lines[:-1])
 
     async def move(self, uids: list[int], folder: str, *, use_move: bool = True) -> None:
@@ -267,20 +289,22 @@ class ImapConnection:
         news = False
         try:
             while not news and (left := deadline - loop.time()) > 0:
-                try:
-                    push = await self._call(self.client.wait_server_push(timeout=left))
-                except ImapError as exc:
-                    if isinstance(exc, ConnectionLost):
-                        raise
-                    break  # the interval is over
-                if push == STOP_WAIT_SERVER_PUSH:
-                    break
+                push = await self._call(self._next_push(left), timeout=None)
+                if push is None or push == STOP_WAIT_SERVER_PUSH:
+                    break  # the interval is over, or interrupt_idle()
                 news = any(isinstance(line, bytes) and _EXISTS.match(line) for line in push)
         finally:
             if not self.closed and self.client.has_pending_idle():
                 self.client.idle_done()
-                await self._call(asyncio.wait_for(idle, self.server.timeout))
+                await self._call(idle)
         return news
+
+    async def _next_push(self, seconds: float) -> Any:
+        """What the server sends while idling, or None after ``seconds`` of silence."""
+        try:
+            return await self.client.wait_server_push(timeout=seconds)
+        except TimeoutError:
+            return None
 
     def interrupt_idle(self) -> None:
         """End a ``wait_for_news`` early (shutdown)."""
@@ -295,6 +319,7 @@ class ImapConnection:
         self.abort()
 
     def abort(self) -> None:
+        self._aborted = True
         transport = self.client.protocol.transport
         if transport is not None:
             transport.close()

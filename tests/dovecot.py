@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -144,6 +145,25 @@ class Dovecot:
             for path in (base.parent, base, base / "cur", base / "new", base / "tmp"):
                 os.chown(path, nobody.pw_uid, nobody.pw_gid)
         return base
+
+    @contextlib.contextmanager
+    def folder_locked(self, user: str, folder: str) -> Iterator[None]:
+        """Hold ``folder``'s Maildir lock (``dovecot-uidlist.lock``, a dotlock naming a live
+        process: this one) as another writer would: Dovecot then waits before saving into it,
+        so a UID MOVE or COPY to it gets no answer until the lock is gone."""
+        conn = self.imap(user)
+        try:
+            conn.create(f'"{folder}"')  # "already exists" is fine
+        finally:
+            conn.logout()
+        lock = self._maildir(user) / f".{folder.replace('/', '.')}" / "dovecot-uidlist.lock"
+        lock.write_text(f"{os.getpid()}:{socket.gethostname()}")
+        nobody = pwd.getpwnam("nobody")
+        os.chown(lock, nobody.pw_uid, nobody.pw_gid)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
     def deliver(self, user: str, raw: bytes, mailbox: str = "INBOX") -> None:
         """A real delivery (``doveadm save``): indexes updated, IDLE clients notified."""

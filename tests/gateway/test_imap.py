@@ -71,11 +71,14 @@ def _holds(check: Callable[[], bool]) -> bool:
         return False
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+async def wait_until(check: Callable[[], bool], timeout: float = 30.0,
+                     state: Callable[[], object] | None = None) -> None:
+    """Until ``check()`` holds; the timeout error shows ``state()`` (e.g. the poller's health)."""
     deadline = time.monotonic() + timeout
     while not _holds(check):
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
+            raise TimeoutError(f"condition not met in {timeout:g} s"
+                               + (f": {state()}" if state else ""))
         await asyncio.sleep(0.05)
 
 
@@ -233,6 +236,33 @@ async def test_wrong_password_is_reported_and_other_accounts_go_on(
         assert good["last_error"] is None and good["account"] == "sales"
     finally:
         await pollers.stop()
+
+
+async def test_a_move_the_server_leaves_unanswered_is_given_up_and_done_later(
+        dovecot: Dovecot, store: tuple[Intake, Engine]) -> None:
+    """UID MOVE waits while another process holds the Processed folder's lock (aioimaplib puts
+    no timeout on it): after ``timeout`` the poller drops the session and tries again, and once
+    the lock is gone every message is moved, stored once."""
+    intake, engine = store
+    user = dovecot.new_user()
+    dovecot.deliver_many(user, mails("locked", 5))
+    poller = MailboxPoller(spec(dovecot, user, interval=600, timeout=2.0), intake)
+    task = None
+    try:
+        with dovecot.folder_locked(user, "Processed"):
+            task = asyncio.ensure_future(poller.run())
+            await wait_until(lambda: "no answer" in (poller.health.last_error or ""), 30,
+                             lambda: poller.health)
+            assert len(stored_ids(engine)) == 5 and dovecot.count(user, "INBOX") == 5
+        await wait_until(lambda: dovecot.count(user, "INBOX") == 0, 30, lambda: poller.health)
+    finally:
+        poller.stop()
+        if task is not None:
+            await asyncio.wait_for(task, 15)
+    ids = stored_ids(engine)
+    assert len(ids) == 5 and set(ids.values()) == {1}, poller.health
+    assert set(dovecot.message_ids(user, "Processed")) == set(ids), poller.health
+    assert poller.health.reconnects >= 1
 
 
 async def test_server_killed_mid_batch_and_new_uidvalidity_lose_and_duplicate_nothing(
