@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,14 +50,30 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture(scope="session")
-def database(request: pytest.FixtureRequest, postgres_server: PostgresServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backends(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Callable[[str], Backend]]:
+    """Each backend once for the session, with its template databases. ``database`` is
+    parametrized, so pytest tears it down whenever the backend changes, and under xdist's
+    loadscope that is at every module (a module's [sqlite] tests, then its [postgresql] ones):
+    the templates must outlive it."""
+    made: dict[str, Backend] = {}
+
+    def backend(name: str) -> Backend:
+        if name not in made:
+            made[name] = Backend(name, tmp_path_factory.mktemp(f"templates-{name}"),
+                                 lambda: postgres_server)
+        return made[name]
+
+    yield backend
+    for each in made.values():
+        each.close()
+
+
+@pytest.fixture(scope="session")
+def database(request: pytest.FixtureRequest, backends: Callable[[str], Backend]) -> Backend:
     """The backend under test (``[sqlite]`` / ``[postgresql]``): ``database.fresh(dir)``
     gives a new, migrated database's URL."""
-    backend = Backend(request.param, tmp_path_factory.mktemp(f"templates-{request.param}"),
-                      lambda: postgres_server)
-    yield backend
-    backend.close()
+    return backends(request.param)
 
 
 @pytest.fixture
