@@ -38,7 +38,7 @@ system-deps: install
 	@sh .ci/system-deps.sh test $(PY)
 
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 lint: install
 	$(VENV)/bin/ruff check .
