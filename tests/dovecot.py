@@ -23,20 +23,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ports import PortTaken, free_port, start_on_free_ports, start_when_port_free
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PASSWORD = "testpw"
-PORT_ATTEMPTS = 5
 _names = itertools.count(1)
-
-
-class PortTaken(RuntimeError):
-    """Dovecot could not listen: another process has the port."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Dovecot:
@@ -49,34 +40,20 @@ class Dovecot:
         self.dir = Path(tempfile.mkdtemp(prefix="dovecot-"))
         self.cafile = self.dir / "cert.pem"
         self.conf = self.dir / "dovecot.conf"
+        self._pick_ports()
         try:
-            for attempt in range(1, PORT_ATTEMPTS + 1):
-                # free a moment ago; another process (a second test worker) may bind it first
-                self.port, self.ssl_port = _free_port(), _free_port()
-                try:
-                    self._start_once()
-                    break
-                except PortTaken:
-                    if attempt == PORT_ATTEMPTS:
-                        raise
+            start_on_free_ports(self._start_once, self._pick_ports)
         except BaseException:
             self.close()
             raise
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start again after ``kill``/``stop``, on the same ports (clients reconnect to them).
+    def _pick_ports(self) -> None:
+        self.port, self.ssl_port = free_port(), free_port()
 
-        The old master is gone by then, but a port can still be held for a moment, so a start
-        refused with "Address already in use" is tried again until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._start_once()
-                return
-            except PortTaken:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    def start(self, timeout: float = 30.0) -> None:
+        """Start again after ``kill``/``stop``, on the same ports (clients reconnect to them);
+        a port the old master's processes still hold for a moment is waited for."""
+        start_when_port_free(self._start_once, timeout)
 
     def _start_once(self) -> None:
         done = subprocess.run([FIXTURES / "start-dovecot.sh", str(self.dir), str(self.port),

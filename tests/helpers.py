@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ports import free_port
 from sqlalchemy import Engine, insert, select, text
 
 from engine.deliveries import Delivery, Envelope, Receipt, store_batch
@@ -29,12 +30,6 @@ from engine.store.models import Account, Message
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTDESK = [sys.executable, "-m", "gateway.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:

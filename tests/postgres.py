@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ports import PortTaken, free_port, start_on_free_ports, start_when_port_free
 from sqlalchemy import create_engine, text
-
-PORT_ATTEMPTS = 5
-
-
-class PortTaken(RuntimeError):
-    """The server could not listen: another process has the port."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _bin() -> Path | None:
@@ -64,7 +51,7 @@ class Server:
         if os.geteuid() == 0:  # initdb refuses root
             shutil.chown(self.root, "postgres", "postgres")
             self.as_user = ["runuser", "-u", "postgres", "--"]
-        self.port = _free_port()
+        self.port = free_port()
         self.data = self.root / "data"
         subprocess.run([*self.as_user, self.bin / "initdb", "-D", self.data, "-U", "postgres",
                         "--auth=trust", "--no-sync", "-E", "UTF8"],
@@ -91,30 +78,20 @@ class Server:
     def _options(self) -> str:
         return f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}{self.options}"
 
+    def _start_once(self) -> None:
+        self._ctl("-o", self._options(), "start")
+
+    def _pick_port(self) -> None:
+        self.port = free_port()
+
     def first_start(self) -> None:
-        """Start on a free port: one free a moment ago may have been taken since (another
-        test worker), so a refused start is tried again on another."""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            try:
-                self._ctl("-o", self._options(), "start")
-                return
-            except PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise
-                self.port = _free_port()
+        """Start on a free port (tried again on another if it was taken meanwhile)."""
+        start_on_free_ports(self._start_once, self._pick_port)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start again on the same port (clients reconnect to it); a port still held for a
         moment is waited for."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._ctl("-o", self._options(), "start")
-                return
-            except PortTaken:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        start_when_port_free(self._start_once, timeout)
 
     def stop(self) -> None:
         """``pg_ctl stop -m fast``: sessions are terminated, the port closes."""

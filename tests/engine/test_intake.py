@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from helpers import make_mail, write_lock_held
+from rolekit import wait_until
 from sqlalchemy import Engine, func, select
 
 import engine.deliveries as deliveries
@@ -207,8 +207,7 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
     try:
         with write_lock_held(store):
             writer.send("commit", 1, [(make_mail("first", message_id="<w1@c>"), envelope())])
-            assert committing.wait(30)
-            time.sleep(0.2)  # its transaction now waits for the lock
+            assert committing.wait(30)  # the commit thread holds group 1 until the lock goes
             waiting = writer._host._parsed  # parsed groups the commit thread has not taken
             n = 0
             for ident in (2, 3, 4):
@@ -216,7 +215,7 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
                     (make_mail(f"m{n + i}", message_id=f"<w{ident}.{i}@c>"), envelope())
                     for i in range(groups[ident])])
                 n += groups[ident]
-            wait_for(lambda: waiting.qsize() == 3)  # all three parsed and waiting
+            wait_until(lambda: waiting.qsize() == 3, what="three groups parsed and waiting")
         assert done.wait(30)
     finally:
         writer.stop()
@@ -225,10 +224,3 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
     receipts = [r for outcomes in answered.values() for r in outcomes]
     assert all(not isinstance(r, Exception) and not r.duplicate for r in receipts)
     assert count(store) == 11
-
-
-def wait_for(condition: object, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
