@@ -179,6 +179,50 @@ TEXT_OPS = frozenset({"equals", "not_equals", "contains", "starts_with", "ends_w
                       "matches", "in"})
 
 
+_SCALARS = frozenset({bool, int, float, dt.date, dt.datetime, dt.time})
+
+
+Log = list[tuple["Condition", Any, bool]]  # (condition, actual value, result) as tested
+LeafTest = Callable[[FactSource, Log], bool]
+
+
+def compile_check(cond: Condition) -> LeafTest:
+    """``check`` as one function of the facts that logs ``(cond, actual, result)``.
+
+    A text fact (nearly every one) and a value no rule compares as text go straight to the
+    operator's test; lists, and numbers compared with text, take ``check`` itself, so the
+    answer is always the same.
+    """
+    key, operand, op = cond.key, cond.operand, cond.op
+    if op == "exists":
+        def exists(facts: FactSource, log: Log) -> bool:
+            actual = facts.get(key)
+            result = (actual not in (None, "", [])) == operand
+            log.append((cond, actual, result))
+            return result
+        return exists
+    operator = OPERATORS[op]
+    test, fold = operator.test, operator.casefold and not cond.sensitive
+    missing = op == "not_equals"
+    # numbers compared with text are compared as text (``_as_text``): not plain then
+    plain = _SCALARS - {int, float} if op in TEXT_OPS and _texty(operand) else _SCALARS
+
+    def leaf(facts: FactSource, log: Log) -> bool:
+        actual = facts.get(key)
+        kind = type(actual)
+        if actual is None:
+            result = missing
+        elif kind is str:
+            result = test(facts.folded(key) if fold else actual, operand)
+        elif kind in plain:  # folding and _as_text leave these alone
+            result = test(actual, operand)
+        else:
+            result = check(cond, facts)[0]
+        log.append((cond, actual, result))
+        return result
+    return leaf
+
+
 def _texty(operand: Any) -> bool:
     if isinstance(operand, list):
         return bool(operand) and isinstance(operand[0], str)

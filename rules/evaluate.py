@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rules.conditions import check
-from rules.index import StagePlan, plan_for
+from rules.conditions import Log, check
+from rules.index import RulePlan, StagePlan, plan_for
 from rules.scan import FactsView, Scan
 from rules.schema import Combinator, Condition, Node, Rule, RuleSet
 
@@ -164,9 +164,8 @@ def evaluate(ruleset: RuleSet, facts: Mapping[str, Any], account: str | None = N
     stage saw them.
     """
     plan = plan_for(ruleset, account, STAGES)
-    if plan.size <= SMALL_PLAN:  # a few rules: testing each beats scanning, trace included
-        stages = ((stage.rules, stage.matching, stage.stops) for stage in plan.stages)
-        return _in_turn(stages, ruleset.version, facts, procedures)
+    if plan.size <= SMALL_PLAN:  # a few rules: testing each beats scanning
+        return _small(plan, ruleset.version, FactsView(facts), procedures)
     scan = Scan(plan, facts)
     decision = Decision(version=ruleset.version)
     segments: list[_Segment] = []
@@ -211,6 +210,40 @@ def _in_turn(stages: Iterable[tuple[Sequence[Rule], str, bool]], version: str,
                 return decision
             if matching == FIRST:
                 break
+    return decision
+
+
+def _small(plan: RulePlan, version: str, view: FactsView,
+           procedures: ProcedureRunner | None) -> Decision:
+    """Test every rule of every stage in order, each ``when`` compiled to one function
+    (``rules.index.predicate``). A matching rule's trace comes from the conditions its test
+    logged; the trace of every rule considered is built when first read, as for a scan."""
+    decision = Decision(version=version)
+    segments: list[_Segment] = []
+    decision._defer_trace(lambda: _build_trace(view, segments),
+                          lambda: [t for s in segments for _, t in sorted(s.matched.items())
+                                   if t is not None])
+    log: Log = []
+    for stage in plan.stages:
+        segment = _Segment(stage, view.overrides, len(stage.rules))
+        segments.append(segment)
+        stopped = False
+        for i, test in enumerate(stage.tests):
+            log.clear()
+            if test is not None and not test(view, log):
+                continue
+            rule = stage.rules[i]
+            trace = segment.matched[i] = RuleTrace(rule.name, rule.type, True, [
+                ConditionTrace(c.key, c.op, c.source, actual, result)
+                for c, actual, result in log])
+            stopped = _apply(rule, decision, view, trace, procedures) or stage.stops
+            if stopped or stage.matching == FIRST:
+                segment.end = i + 1
+                break
+        decision.considered[stage.rule_type] = segment.end
+        if stopped:
+            decision.stopped_by = stage.rules[segment.end - 1].name
+            break
     return decision
 
 
@@ -278,10 +311,10 @@ def _apply_all(stage: StagePlan, hits: list[int], segment: _Segment, decision: D
         _apply(rule, decision, facts, trace, None)
 
 
-def _build_trace(scan: Scan, segments: list[_Segment],
+def _build_trace(scan: Scan | FactsView, segments: list[_Segment],
                  matched_only: bool = False) -> list[RuleTrace]:
     """Every rule considered (or only those that matched), with every condition the
-    reference evaluation tests."""
+    reference evaluation tests, over the facts as each stage saw them."""
     traces: list[RuleTrace] = []
     for segment in segments:
         source = scan.at(segment.overrides)

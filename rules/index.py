@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import ahocorasick_rs
+import regex
 
-from rules.needles import Needle, requirement
+from rules.conditions import FactSource, Log, compile_check
+from rules.needles import Needle, may_match, regex_needles, requirement
 from rules.scan import decider
 from rules.schema import Combinator, Condition, Node, Rule, RuleSet
 
 TEXT_OPS = frozenset({"contains", "starts_with", "ends_with", "matches"})  # raise on non-text
 SMALL_FINDER = 20  # needles; measured on 2 KB bodies, ``in`` is ~1.3 us each, a pass ~32 us
 ScanKey = tuple[str, bool]  # (fact key, case sensitive)
+Test = Callable[[FactSource, Log], bool]
 
 
 class Probe(NamedTuple):
@@ -60,6 +63,7 @@ class StagePlan:
     keys: tuple[tuple[int, str], ...]  # (first position, key), for the deferred trace
     plain: bool  # every match and nothing can stop it: matches are applied together
     documents: tuple[tuple[str, ...], ...]  # each rule's suggested documents
+    tests: tuple[Test | None, ...]  # each rule's ``when`` as written, for small plans
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,52 @@ def _stage_plan(index: int, rules: list[Rule], rule_type: str, matching: str, st
         frozenset(i for i, r in enumerate(rules) if r.when is not None and _sure(r.when, probes)),
         tuple(sorted((i, k) for k, i in keys.items())),
         matching == "every" and not stops and not any("procedure" in r.params for r in rules),
-        tuple(tuple(r.params.get("documents", ())) for r in rules))
+        tuple(tuple(r.params.get("documents", ())) for r in rules),
+        tuple(None if r.when is None else predicate(r.when) for r in rules))
     return stage, tables._replace(always=always)
+
+
+def predicate(node: Node) -> Test:
+    """A condition tree as one function of the facts: true when the tree holds. Items are
+    tested in written order and stop as soon as the answer is known, like ``_test``; each
+    leaf tested is logged with its actual value (the trace of a rule that matched)."""
+    if not isinstance(node, Combinator):
+        return _screened(node, compile_check(node))
+    items = tuple(predicate(item) for item in node.items)
+    if node.kind == "not":
+        inner = items[0]
+        return lambda facts, log: not inner(facts, log)
+    if node.kind == "any":
+        def any_of(facts: FactSource, log: Log) -> bool:
+            for item in items:  # noqa: SIM110 — a loop, not any(): no generator per call
+                if item(facts, log):
+                    return True
+            return False
+        return any_of
+
+    def all_of(facts: FactSource, log: Log) -> bool:
+        for item in items:  # noqa: SIM110 — a loop, not all(): no generator per call
+            if not item(facts, log):
+                return False
+        return True
+    return all_of
+
+
+def _screened(cond: Condition, test: Test) -> Test:
+    """A regex test that first looks for the literals every match holds (most texts hold
+    none of them, and a literal search costs a fraction of the regex's)."""
+    needles = regex_needles(cond.operand) if cond.op == "matches" else None
+    if not needles:
+        return test
+    key, sensitive = cond.key, not cond.operand.flags & regex.IGNORECASE
+
+    def screened(facts: FactSource, log: Log) -> bool:
+        value = facts.get(key) if sensitive else facts.folded(key)
+        if type(value) is str and not may_match(needles, sensitive, value, value):
+            log.append((cond, facts.get(key), False))
+            return False
+        return test(facts, log)
+    return screened
 
 
 def _leaves(node: Node | None) -> Iterator[Condition]:
@@ -239,4 +287,4 @@ def _finder(words: set[str]) -> Any:
     return ahocorasick_rs.AhoCorasick(sorted(words))
 
 
-__all__ = ["Probe", "RulePlan", "StagePlan", "compile_plan", "plan_for"]
+__all__ = ["Probe", "RulePlan", "StagePlan", "compile_plan", "plan_for", "predicate"]

@@ -91,6 +91,22 @@ def _leaf_requirement(cond: Condition) -> Requirement:
 # --- regular expressions -------------------------------------------------------------------
 
 
+def may_match(needles: frozenset[str], sensitive: bool, text: str,
+              folded: str | None = None) -> bool:
+    """False only when no match of the regex ``needles`` come from (``regex_needles``) can
+    be in ``text``: none of them is in it. ``folded`` is ``text.casefold()`` if known.
+
+    An insensitive 'i' also matches 'İ' and 'ı', whose case folds are not 'i'
+    (``rules.scan.DOTTED``): a text holding either is never screened out.
+    """
+    if sensitive:
+        return any(needle in text for needle in needles)
+    folded = text.casefold() if folded is None else folded
+    if "\u0131" in folded or "\u0307" in folded:
+        return True
+    return any(needle in folded for needle in needles)
+
+
 def regex_needles(pattern: Any) -> frozenset[str] | None:
     """Literal texts one of which every match of ``pattern`` contains, or None.
 
