@@ -32,7 +32,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from engine.decisions import RuleFiles, RulesContext
 from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
-from engine.processes import die_with_parent
+from engine.processes import die_with_parent, settle_heap
 from engine.store.database import checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,7 @@ def _child_main(inbox: Any, outbox: Any, parent: int, url: str, busy_timeout_ms:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = _Host(Writer(url, busy_timeout_ms, rules), lambda a: outbox.send(("done", a)),
                  max_batch)
+    settle_heap()
     outbox.send(("ready", None))
     try:
         while (message := inbox.recv()) is not _STOP:

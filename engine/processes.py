@@ -1,9 +1,10 @@
-"""Helpers for child processes: the gateway's pre-fork workers and the intake writer."""
+"""Helpers for server processes: the gateway, its pre-fork workers and the intake writer."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 
@@ -20,3 +21,11 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent:
         os._exit(0)
+
+
+def settle_heap() -> None:
+    """Call once started: what start-up built (modules, rules, the engine) lives as long as
+    the process, so the garbage collector stops walking it (``gc.freeze``). Each full
+    collection walked all of it again: 7% of the writer's instructions per message."""
+    gc.collect()
+    gc.freeze()

@@ -34,6 +34,7 @@ from engine.decisions import RuleFiles
 from engine.intake import Intake
 from engine.outbox import health as outbox_health
 from engine.outboxworker import run_worker
+from engine.processes import settle_heap
 from engine.store.database import make_engine
 from gateway.http import WsgiServer, load_app
 from gateway.imap import PollerSet
@@ -160,6 +161,7 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         await self.start()
+        settle_heap()
         await self.stopping.wait()
         log.info("stopping")
         await self.stop()
