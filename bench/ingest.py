@@ -5,10 +5,13 @@ MTA would (loopback SMTP, PIPELINING of MAIL/RCPT/DATA) and compares it with a b
 measured in the same run, a null aiosmtpd handler in its own process that answers 250 at once.
 For every cell (message size x concurrent connections) it reports msgs/s for both servers,
 their ratio and the gateway's DATA->250 latency (p50, p99), as one JSON document on stdout.
-Each cell gets a fresh temp directory, database and gateway process so cells are independent.
+The two are measured in alternating rounds and the ratio is the median of the rounds' ratios:
+on a shared machine the speed of the moment drifts by a third within a minute, and a pair
+measured seconds apart shares it. Each cell gets a fresh temp directory, database and
+gateway process so cells are independent.
 
 Usage: ``python bench/ingest.py [--messages N] [--sizes 1024,20480] [--concurrency 1,20]
-[--rules FILE] [--role serve|gateway] [--database URL|postgresql]``.
+[--rules FILE] [--role serve|gateway] [--database URL|postgresql] [--rounds 5]``.
 ``python bench/ingest.py --null-server PORT`` runs only the null server (used internally).
 """
 
@@ -19,6 +22,7 @@ import asyncio
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +46,7 @@ REPLY_TIMEOUT = 60.0
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 MAX_BROKEN = 3
+MIN_PER_CONNECTION = 5  # messages per connection in a round
 
 GATEWAY_CONFIG = """\
 database:
@@ -288,15 +293,7 @@ async def phase(ports: list[int], messages: int, concurrency: int, body: bytes,
     """Warm up, then measure the servers on ``ports`` (one, or several gateways sharing a
     database); the result keys are prefixed by the caller."""
     await measure(ports, WARMUP_MESSAGES, concurrency, body, f"{tag}.warmup")
-    seconds, tally = await measure(ports, messages, concurrency, body, tag)
-    return {
-        "msgs_per_s": round(tally.ok / seconds, 1) if seconds > 0 else None,
-        "seconds": round(seconds, 3),
-        "p50_ms": ms(percentile(tally.latencies, 50)),
-        "p99_ms": ms(percentile(tally.latencies, 99)),
-        "errors": tally.errors,
-        "error_replies": tally.replies,
-    }
+    return _totals([await measure(ports, messages, concurrency, body, tag)])
 
 
 # ---------------------------------------------------------------------------- processes
@@ -386,31 +383,68 @@ class Cell:
 
 def run_cell(cell: Cell, null_port: int, workdir: Path, args: argparse.Namespace,
              run_tag: str, database: str | None) -> dict[str, Any]:
-    """Null server first, then a fresh gateway, same messages; one result row."""
+    """A fresh gateway, then rounds of the same messages to the null server and to it
+    alternately; one result row."""
     body = message_body(cell.size)
     tag = f"{run_tag}.{cell.size}.{cell.concurrency}"
-    note(f"cell size={cell.size} concurrency={cell.concurrency}: null server")
-    null = asyncio.run(phase([null_port], cell.messages, cell.concurrency, body, f"{tag}.null"))
-    note(f"  null: {null['msgs_per_s']} msgs/s; starting gateway in {workdir}")
+    rounds = max(1, min(args.rounds, cell.messages // (cell.concurrency * MIN_PER_CONNECTION)))
+    note(f"cell size={cell.size} concurrency={cell.concurrency}: starting gateway in {workdir}")
     proc, port = start_gateway(workdir, database, args.workers, args.rules, args.role)
     try:
-        gw = asyncio.run(phase([port], cell.messages, cell.concurrency, body, f"{tag}.gw"))
+        null, gw, ratios = asyncio.run(paired(null_port, port, cell, body, tag, rounds))
     finally:
         code = stop(proc)
     problems = log_problems(workdir / "serve.log")
-    note(f"  gateway: {gw['msgs_per_s']} msgs/s, p50 {gw['p50_ms']} ms, p99 {gw['p99_ms']} ms, "
+    note(f"  null: {null['msgs_per_s']} msgs/s; gateway: {gw['msgs_per_s']} msgs/s, "
+         f"p50 {gw['p50_ms']} ms, p99 {gw['p99_ms']} ms, round ratios {ratios}, "
          f"errors {gw['errors']}, exit {code}, {len(problems)} log problems")
-    return row(cell, null, gw, code, problems)
+    return row(cell, null, gw, code, problems, ratios)
+
+
+async def paired(null_port: int, gateway_port: int, cell: Cell, body: bytes, tag: str,
+                 rounds: int) -> tuple[dict[str, Any], dict[str, Any], list[float]]:
+    """Both servers warmed up, then ``rounds`` rounds each sending a share of the messages to
+    the null server, then the same number to the gateway. Returns the totals of each and the
+    ratio of every round: a pair measured seconds apart shares the machine's speed of the
+    moment, which on a shared machine drifts by a third within a minute."""
+    ports = {"null": null_port, "gw": gateway_port}
+    for name, port in ports.items():
+        await measure([port], WARMUP_MESSAGES, cell.concurrency, body, f"{tag}.{name}.warmup")
+    runs: dict[str, list[tuple[float, Tally]]] = {"null": [], "gw": []}
+    for i, share in enumerate(split(cell.messages, rounds)):
+        for name, port in ports.items():
+            runs[name].append(await measure([port], len(share), cell.concurrency, body,
+                                            f"{tag}.{name}.{i}"))
+    ratios = [round((g.ok / gs) / (n.ok / ns), 3) if gs > 0 and ns > 0 and n.ok else 0.0
+              for (ns, n), (gs, g) in zip(runs["null"], runs["gw"], strict=True)]
+    return _totals(runs["null"]), _totals(runs["gw"]), ratios
+
+
+def _totals(runs: list[tuple[float, Tally]]) -> dict[str, Any]:
+    seconds = sum(s for s, _ in runs)
+    ok = sum(t.ok for _, t in runs)
+    latencies = [x for _, t in runs for x in t.latencies]
+    replies: dict[str, int] = {}
+    for _, tally in runs:
+        for reply, count in tally.replies.items():
+            replies[reply] = replies.get(reply, 0) + count
+    return {
+        "msgs_per_s": round(ok / seconds, 1) if seconds > 0 else None,
+        "seconds": round(seconds, 3),
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
+        "errors": sum(t.errors for _, t in runs),
+        "error_replies": replies,
+    }
 
 
 def row(cell: Cell, null: dict[str, Any], gw: dict[str, Any], code: int,
-        problems: list[str]) -> dict[str, Any]:
-    ratio = (gw["msgs_per_s"] / null["msgs_per_s"]
-             if gw["msgs_per_s"] and null["msgs_per_s"] else None)
+        problems: list[str], ratios: list[float]) -> dict[str, Any]:
     return {
         "size": cell.size, "concurrency": cell.concurrency, "messages": cell.messages,
         "null_msgs_per_s": null["msgs_per_s"], "gateway_msgs_per_s": gw["msgs_per_s"],
-        "ratio": None if ratio is None else round(ratio, 3),
+        "ratio": statistics.median(ratios) if any(ratios) else None,  # of the rounds
+        "round_ratios": ratios,
         "gateway_p50_ms": gw["p50_ms"], "gateway_p99_ms": gw["p99_ms"],
         "errors": null["errors"] + gw["errors"],
         "null_p50_ms": null["p50_ms"], "null_p99_ms": null["p99_ms"],
@@ -498,6 +532,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--role", choices=["serve", "gateway"], default="serve",
                         help="serve: everything (the outbox sends automatic answers on the "
                         "same machine); gateway: the SMTP intake alone")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds per cell, null server then gateway in each; the ratio is "
+                        "the median of the rounds' (at least 5 messages per connection a round)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--null-server", type=int, metavar="PORT", default=None,
                         help=argparse.SUPPRESS)
