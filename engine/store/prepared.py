@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Select, Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+
+from engine.store.models import UTCDateTime
 
 Processor = Callable[[Any], Any] | None
 
@@ -65,14 +68,29 @@ class Compiled:
 def _compiled(statement: Any, dialect: Dialect, defaults: dict[str, Callable[[], Any]] | None
               = None, **kw: Any) -> Compiled:
     comp = statement.compile(dialect=dialect, **kw)
-    processors = {name: bind.type.dialect_impl(dialect).bind_processor(dialect)
-                  for name, bind in comp.binds.items()}
+    processors = {name: _processor(bind.type, dialect) for name, bind in comp.binds.items()}
     literals = {name: bind.value for name, bind in comp.binds.items()
                 if not bind.required and bind.value is not None and not bind.expanding}
     order = tuple(comp.positiontup) if dialect.positional else None
     wanted = set(order) if order is not None else set(comp.binds)
     return Compiled(comp.string, order, processors, literals,
                     {k: f for k, f in (defaults or {}).items() if k in wanted})
+
+
+def _processor(type_: Any, dialect: Dialect) -> Processor:
+    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
+        return sqlite_utc
+    return type_.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+
+
+def sqlite_utc(value: datetime) -> str:
+    """What ``UTCDateTime`` binds on SQLite (UTC, SQLAlchemy's text format), written
+    directly: its own processor builds a dict and a format string per value, ~5 us, and a
+    delivery binds eight of them."""
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(UTC)
+    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}")
 
 
 def _column_defaults(table: Table, keys: tuple[str, ...]) -> dict[str, Callable[[], Any]]:
