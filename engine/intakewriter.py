@@ -36,6 +36,9 @@ from engine.processes import die_with_parent, settle_heap
 from engine.store.database import checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
+# Mail up to this size is parsed in the gateway process before it goes to the writer
+# process, whose time every waiting sender shares; larger mail is parsed there.
+PARSE_HERE_MAX = 64 * 1024
 # The database itself failed (unreachable, locked past the busy timeout, disk full): the
 # sender must retry. Other errors, DataError and IntegrityError included, are about one
 # message and are isolated instead.
@@ -60,9 +63,13 @@ class _Job:
     parse_error: str | None
 
 
-def parse_jobs(items: Items) -> list[_Job]:
-    """Parse each delivery (pure CPU, no database: done while another group commits)."""
-    return [_make_job(raw, envelope) for raw, envelope in items]
+def parse_jobs(items: Items, parsed: list[ParsedMessage | None] | None = None) -> list[_Job]:
+    """Parse each delivery (pure CPU, no database: done while another group commits), but
+    for those ``parsed`` already holds."""
+    if parsed is None:
+        return [_make_job(raw, envelope) for raw, envelope in items]
+    return [_make_job(raw, envelope) if done is None else _Job(raw, envelope, done, None)
+            for (raw, envelope), done in zip(items, parsed, strict=True)]
 
 
 class Writer:
@@ -139,9 +146,11 @@ class _Host:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, ident: int, items: Items) -> None:
-        """Parse now (the caller's thread), commit with whatever else is waiting."""
-        self._parsed.put(("commit", ident, parse_jobs(items)))
+    def submit(self, ident: int, items: Items,
+               parsed: list[ParsedMessage | None] | None = None) -> None:
+        """Parse now (the caller's thread) what is not parsed yet, commit with whatever
+        else is waiting."""
+        self._parsed.put(("commit", ident, parse_jobs(items, parsed)))
 
     def ask_status(self, ident: int) -> None:
         self._parsed.put(("status", ident, None))
@@ -248,6 +257,9 @@ class ProcessWriter:
     def _send_loop(self) -> None:
         try:
             while (message := self._outbox.get()) is not _STOP:
+                kind, ident, items = message
+                if kind == "commit":  # parsed here, on this process's spare core time
+                    message = (kind, ident, items, parse_here(items))
                 self._to_child.send(message)
             self._to_child.send(_STOP)
         except OSError:  # the child is gone: the receiver reports it
@@ -293,17 +305,31 @@ def _child_main(inbox: Any, outbox: Any, parent: int, url: str, busy_timeout_ms:
     outbox.send(("ready", None))
     try:
         while (message := inbox.recv()) is not _STOP:
-            kind, ident, items = message
+            kind, ident, items, *parsed = message
             if kind == "status":
                 host.ask_status(ident)
             else:
-                host.submit(ident, items)
+                host.submit(ident, items, *parsed)
     except EOFError:  # the parent is gone: finish what was handed in
         pass
     host.close()
 
 
 # ---------------------------------------------------------------------------- storing
+
+
+def parse_here(items: Items) -> list[ParsedMessage | None]:
+    """The gateway process parses what it hands the writer process, but for large mail
+    (None: the writer parses it, and the parse result is not copied across)."""
+    return [_parse_or_none(raw, envelope) if len(raw) <= PARSE_HERE_MAX else None
+            for raw, envelope in items]
+
+
+def _parse_or_none(raw: bytes, envelope: Envelope) -> ParsedMessage | None:
+    try:
+        return parse_message(raw, envelope.received_at)
+    except Exception:  # noqa: BLE001 — the parser promises not to raise; the writer retries
+        return None
 
 
 def _make_job(raw: bytes, envelope: Envelope) -> _Job:

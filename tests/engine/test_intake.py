@@ -10,6 +10,7 @@ from rolekit import wait_until
 from sqlalchemy import Engine, func, select
 
 import engine.deliveries as deliveries
+import engine.intakewriter as intakewriter
 from engine.deliveries import Envelope, reprocess
 from engine.intake import Intake, StoreUnavailable
 from engine.store.models import History, Message, MessageAccount
@@ -224,3 +225,19 @@ def test_groups_waiting_for_the_writer_share_one_transaction(store: Engine) -> N
     receipts = [r for outcomes in answered.values() for r in outcomes]
     assert all(not isinstance(r, Exception) and not r.duplicate for r in receipts)
     assert count(store) == 11
+
+
+def test_the_gateway_parses_what_it_hands_the_writer_but_large_mail() -> None:
+    """Parsing moves to the gateway process for mail up to PARSE_HERE_MAX; the writer takes
+    the result as it is, and parses the rest itself, to the same ParsedMessage."""
+    small = make_mail("Small one", message_id="<p-small@c>")
+    large = make_mail("Large one", body="x" * (intakewriter.PARSE_HERE_MAX + 10),
+                      message_id="<p-large@c>")
+    items = [(small, envelope()), (large, envelope())]
+    parsed = intakewriter.parse_here(items)
+    assert parsed[0] is not None and parsed[0].subject == "Small one"
+    assert parsed[1] is None
+    jobs = intakewriter.parse_jobs(items, parsed)
+    assert jobs[0].parsed is parsed[0]  # taken as handed in, not parsed again
+    assert jobs[1].parsed is not None and jobs[1].parsed.message_id == "<p-large@c>"
+    assert [j.parsed for j in jobs] == [j.parsed for j in intakewriter.parse_jobs(items)]
