@@ -2,8 +2,9 @@
 
 ``Intake.receive`` is the one call every entry point uses (SMTP, LMTP, IMAP, import).
 Deliveries queue up on the caller's loop and go to the writer in groups as they come; the
-writer (``engine.intakewriter``) parses each group at once and commits everything parsed
-by the time its previous transaction is done in one transaction (group commit). Each
+writer (``engine.intakewriter``) parses each group at once (a writer process gets most mail
+parsed by the gateway process already) and commits everything parsed by the time its
+previous transaction is done in one transaction (group commit). Each
 caller's future resolves only after the transaction holding its message has committed, so
 the gateway's 250 always means "on disk".
 

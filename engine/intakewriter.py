@@ -8,10 +8,14 @@ more mail waits, the larger the next transaction (group commit sized by the load
 the caller).
 
 ``ThreadWriter`` hosts it in the caller's process; ``ProcessWriter`` in a spawned child fed
-over pipes (the gateway: parsing and storing use a second core instead of fighting the
-event loop for the GIL). Both call ``on_done(answers)`` from a thread of theirs, once per
-transaction with ``(ident, outcomes)`` for each group it held;
-``ProcessWriter`` calls ``on_death()`` when its child is gone, with groups unanswered.
+over pipes (the gateway: storing uses a second core instead of fighting the event loop for
+the GIL). ``ProcessWriter``'s sending thread parses mail up to ``PARSE_HERE_MAX`` before
+it goes (``parse_here``): the gateway process has time to spare, while the writer's time
+is what every waiting sender shares.
+
+Both call ``on_done(answers)`` from a thread of theirs, once per transaction with
+``(ident, outcomes)`` for each group it held; ``ProcessWriter`` calls ``on_death()`` when its
+child is gone, with groups unanswered.
 """
 
 from __future__ import annotations
