@@ -247,14 +247,18 @@ def _small(plan: RulePlan, version: str, view: FactsView,
     return decision
 
 
-@dataclass
 class _Segment:
-    """The rules of one stage the evaluation considered: positions below ``end``."""
+    """The rules of one stage the evaluation considered: positions below ``end``. (A plain
+    class with slots: one is made per stage and message, and a dataclass's ``__init__``
+    with a default factory cost more than the stage's tests in small rule sets.)"""
 
-    stage: StagePlan
-    overrides: dict[str, Any]  # the facts' overrides while the stage ran
-    end: int
-    matched: dict[int, RuleTrace | None] = field(default_factory=dict)  # None: no note
+    __slots__ = ("stage", "overrides", "end", "matched")
+
+    def __init__(self, stage: StagePlan, overrides: dict[str, Any], end: int):
+        self.stage = stage
+        self.overrides = overrides  # the facts' overrides while the stage ran
+        self.end = end
+        self.matched: dict[int, RuleTrace | None] = {}  # None: no note
 
 
 def _run_stage(stage: StagePlan, segment: _Segment, scan: Scan, decision: Decision,

@@ -83,6 +83,7 @@ def _processor(type_: Any, dialect: Dialect) -> Processor:
     return type_.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
 
 
+@lru_cache(maxsize=256)  # a delivery binds its arrival time three times or more
 def sqlite_utc(value: datetime) -> str:
     """What ``UTCDateTime`` binds on SQLite (UTC, SQLAlchemy's text format), written
     directly: its own processor builds a dict and a format string per value, ~5 us, and a

@@ -24,6 +24,8 @@ OWN = UTCDateTime().dialect_impl(DIALECT).bind_processor(DIALECT)
 def test_utc_datetimes_bind_as_sqlalchemy_writes_them_on_sqlite(value: datetime) -> None:
     assert OWN is not None
     assert sqlite_utc(value) == OWN(value)
+    assert sqlite_utc(value) == OWN(value)  # again: from the cache, the same text
+    assert sqlite_utc(value.replace(microsecond=7)) == OWN(value.replace(microsecond=7))
 
 
 def test_a_datetime_out_of_range_in_utc_fails_alike() -> None:
