@@ -77,7 +77,7 @@ def message_facts(parsed: ParsedMessage, *, size: int, received_at: datetime,
         "body": parsed.text,
         "size": size,
         "received.date": received_at.date(),
-        "received.time": f"{received_at.hour:02d}:{received_at.minute:02d}",  # strftime: 8 us
+        "received.time": f"{received_at.hour:02d}:{received_at.minute:02d}",  # strftime: 3x as long
         "received.weekday": WEEKDAYS[received_at.weekday()],
         "attachment.present": bool(parsed.attachments),
         "attachment.type": [a.content_type for a in parsed.attachments],

@@ -229,7 +229,7 @@ def _screened(cond: Condition, test: Test) -> Test:
 
     def screened(facts: FactSource, log: Log) -> bool:
         value = facts.get(key) if sensitive else facts.folded(key)
-        if type(value) is str and not may_match(needles, sensitive, value, value):
+        if type(value) is str and not may_match(needles, sensitive, value):
             log.append((cond, facts.get(key), False))
             return False
         return test(facts, log)

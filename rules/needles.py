@@ -90,21 +90,19 @@ def _leaf_requirement(cond: Condition) -> Requirement:
 
 # --- regular expressions -------------------------------------------------------------------
 
+# 'ı', and the dot that folding 'İ' leaves: an IGNORECASE 'i' matches both letters, whose
+# case folds are not 'i'.
+DOTTED = ("\u0131", "\u0307")
 
-def may_match(needles: frozenset[str], sensitive: bool, text: str,
-              folded: str | None = None) -> bool:
+
+def may_match(needles: frozenset[str], sensitive: bool, text: str) -> bool:
     """False only when no match of the regex ``needles`` come from (``regex_needles``) can
-    be in ``text``: none of them is in it. ``folded`` is ``text.casefold()`` if known.
-
-    An insensitive 'i' also matches 'İ' and 'ı', whose case folds are not 'i'
-    (``rules.scan.DOTTED``): a text holding either is never screened out.
-    """
-    if sensitive:
-        return any(needle in text for needle in needles)
-    folded = text.casefold() if folded is None else folded
-    if "\u0131" in folded or "\u0307" in folded:
+    be in ``text`` (case-folded when the regex is insensitive): none of them is in it.
+    An insensitive 'i' also matches 'İ' and 'ı' (``DOTTED``): a text holding either is
+    never screened out."""
+    if not sensitive and any(mark in text for mark in DOTTED):
         return True
-    return any(needle in folded for needle in needles)
+    return any(needle in text for needle in needles)
 
 
 def regex_needles(pattern: Any) -> frozenset[str] | None:

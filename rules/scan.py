@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from rules.conditions import check
-from rules.needles import VOLATILE
+from rules.needles import DOTTED, VOLATILE
 from rules.schema import Combinator, Condition, Node
 
 if TYPE_CHECKING:
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
 Decider = Callable[["Scan"], bool]
 
-# 'ı', and the dot that folding 'İ' leaves: an IGNORECASE 'i' matches both letters, whose
-# case folds are not 'i'.
-DOTTED = ("\u0131", "\u0307")
 
 
 class FactsView:
