@@ -325,15 +325,8 @@ def _child_main(inbox: Any, outbox: Any, parent: int, url: str, busy_timeout_ms:
 def parse_here(items: Items) -> list[ParsedMessage | None]:
     """The gateway process parses what it hands the writer process, but for large mail
     (None: the writer parses it, and the parse result is not copied across)."""
-    return [_parse_or_none(raw, envelope) if len(raw) <= PARSE_HERE_MAX else None
-            for raw, envelope in items]
-
-
-def _parse_or_none(raw: bytes, envelope: Envelope) -> ParsedMessage | None:
-    try:
-        return parse_message(raw, envelope.received_at)
-    except Exception:  # noqa: BLE001 — the parser promises not to raise; the writer retries
-        return None
+    return [_make_job(raw, envelope).parsed if len(raw) <= PARSE_HERE_MAX else None
+            for raw, envelope in items]  # a parse that failed here is tried in the writer
 
 
 def _make_job(raw: bytes, envelope: Envelope) -> _Job:

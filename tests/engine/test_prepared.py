@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy.dialects import sqlite
 
+from engine.store.database import json_text
 from engine.store.models import UTCDateTime
 from engine.store.prepared import sqlite_utc
 
@@ -34,3 +37,13 @@ def test_a_datetime_out_of_range_in_utc_fails_alike() -> None:
         sqlite_utc(value)
     with pytest.raises(OverflowError):
         OWN(value)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("value", [
+    {"trace": [["subject", "contains", "'x'", "Grüße 日本", True]], "route": None},
+    ["a@example.test", "b@example.test"],
+    {"count": 2**70, "nested": {"1": [1.5, None, False]}},  # past 64 bits: json.dumps
+    {1: "int key"},  # written as "1", as json.dumps does
+])
+def test_json_columns_read_back_as_json_dumps_would_have_them(value: Any) -> None:
+    assert json.loads(json_text(value)) == json.loads(json.dumps(value))
