@@ -109,7 +109,8 @@ def test_wal_is_checkpointed_in_the_background_not_by_commits(tmp_path: Path) ->
              "date": datetime(2026, 1, 1, tzinfo=UTC), "raw": b"x" * 4000} for i in range(500)])
     assert os.path.getsize(db_file) == before  # the commit itself did not checkpoint
     deadline = time.monotonic() + 10
-    while os.path.getsize(db_file) == before and time.monotonic() < deadline:
+    # the file grows as the checkpoint copies pages: wait for all of them, not the first
+    while os.path.getsize(db_file) <= before + 500 * 4000 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert os.path.getsize(db_file) > before + 500 * 4000
     engine.dispose()
