@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import regex
 
+from rules import regexguard
+
 if TYPE_CHECKING:
     from rules.schema import Condition
 
-REGEX_TIMEOUT = 0.05  # seconds per match: a catastrophic pattern fails closed, never hangs
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ def _compile(pattern: Any, sensitive: bool) -> Any:
 
 def _matches(fact: Any, pattern: Any) -> bool:
     try:
-        return pattern.search(fact, timeout=REGEX_TIMEOUT) is not None
-    except TimeoutError:
+        return regexguard.search(pattern, fact) is not None
+    except TimeoutError:  # a catastrophic pattern fails closed, never hangs
         return False
 
 

@@ -7,7 +7,7 @@ for service requests.
 
 from __future__ import annotations
 
-from rules.conditions import REGEX_TIMEOUT
+from rules import regexguard
 from rules.schema import ParserDef, RuleSet
 
 
@@ -26,7 +26,7 @@ def extract_fields(ruleset: RuleSet, subject: str, body: str) -> dict[str, str]:
 
 def _first(parser: ParserDef, text: str) -> str | None:
     try:
-        match = parser.pattern.search(text, timeout=REGEX_TIMEOUT)
+        match = regexguard.search(parser.pattern, text)
     except TimeoutError:
         return None
     if match is None:

@@ -123,7 +123,9 @@ class Scan:
         windows = [_as_plain_i(text[max(at - span, 0):at + span])
                    for text in _texts(self.view.folded(key)) or ()
                    for at in _positions(text, DOTTED)]
-        return hits | _find(finder, windows) if windows else hits
+        # One pass over the windows joined: a needle found across two of them is a false
+        # candidate at worst, and these hits only ever widen the screen.
+        return hits | _find(finder, ("\n".join(windows),)) if windows else hits
 
     def _find(self, key: str, value: Any) -> AbstractSet[str] | None:
         texts = _texts(value)
@@ -139,7 +141,7 @@ class Scan:
             return None
         forms = self.plan.cased.get(key, {})
         texts = _texts(self.view.get(key)) or ()
-        return {needle for form in folded if form in forms for needle in forms[form]
+        return {needle for form in forms.keys() & folded for needle in forms[form]
                 if any(needle in text for text in texts)}
 
     def candidates(self, stage: StagePlan) -> int:

@@ -1,0 +1,95 @@
+"""The regex guard: the timeout is skipped only where a search provably cannot backtrack."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import regex
+
+from rules.regexguard import REGEX_TIMEOUT, STEP_BUDGET, UNBOUNDED, paths, search, timed
+
+BODY = ("Hello team, I need help with the invoice copy, it does not work as expected. "
+        "Regarding order number 123456, nothing happened. Kind regards. ") * 20  # ~2.6 KB
+
+
+@pytest.mark.parametrize(("pattern", "count"), [
+    ("refund", 1),
+    (r"\brefunds?\b", 2),
+    (r"\b(?:sample|feedback)\b", 2),
+    (r"^(?:re|fwd?):\s?invoice", 6),
+    (r"[A-Z]{2}-\d{4,6}", 3),
+    (r"(?:ab|cd){3}", 8),
+    (r"(?i)invoice\.pdf$", 1),
+    (r"(?ims:x.y)", 1),
+    (r"[]a\]-]x", 1),
+    (r"a|", 2),
+    ("", 1),
+])
+def test_plain_patterns_count_their_paths(pattern: str, count: int) -> None:
+    assert paths(pattern) == count
+
+
+@pytest.mark.parametrize("pattern", [
+    "(a+)+$", "(a|aa)+$", "(a|a)+b", r"\d{5,}", "a*", ".*", r"\w+",  # unbounded
+    "(?:a?){40}a{40}", "(a|a){40}", "(?:a|b|c|d){20}",  # finite, but past the budget
+    r"(a)\1", r"(?P<x>a)(?P=x)", r"\g<1>",  # backreferences
+    "(?=a)", "(?!a)", "(?<=a)b", "(?>a+)", "a++", "a?+",  # lookarounds, atomic, possessive
+    "(?x) a b", "(?V1)[[a-z]--[aeiou]]", "[[:alpha:]]", r"\p{L}", r"\L<words>",
+    "a{e<=1}", "(?:foo){i<=1}", "a{,3}", "a{3,2}",  # fuzzy, open and reversed bounds
+    "(a", "a)", "[ab", "*a", "a{2", r"\x41",  # malformed or not counted
+])
+def test_anything_else_keeps_the_timeout(pattern: str) -> None:
+    assert paths(pattern) == UNBOUNDED
+    compiled = _compile(pattern)
+    if compiled is not None:
+        assert timed(compiled, "a")
+
+
+def test_keyword_patterns_search_a_body_untimed_and_long_texts_timed() -> None:
+    keyword = regex.compile(r"\b(?:invoice|refund)s?\b", regex.IGNORECASE)
+    assert not timed(keyword, BODY)
+    assert timed(keyword, "x" * STEP_BUDGET)  # too long to vouch for
+    assert timed(regex.compile(r"\binvoice\b.*\border\b"), BODY)  # unbounded: always timed
+    assert timed(regex.compile("invoice", regex.VERBOSE), BODY)  # flags it does not count
+
+
+def test_the_guarded_search_answers_as_the_timed_one() -> None:
+    rng = random.Random(7)
+    words = ["invoice", "refund", "order", "number", "help", "team", "copy", "x"]
+    atoms = [*words, r"\b", r"\s", r"\d{4}", "[a-z]{2,3}", r"\W", ".", "s?", "(?:ed|ing)?"]
+    for _ in range(400):
+        parts = [rng.choice(atoms) for _ in range(rng.randint(1, 4))]
+        if rng.random() < 0.3:
+            parts = [f"(?:{'|'.join(parts)})"]
+        pattern = regex.compile("".join(parts), rng.choice((0, regex.IGNORECASE)))
+        text = BODY[rng.randrange(len(BODY)):][:rng.randint(0, 600)]
+        found = search(pattern, text)
+        expected = pattern.search(text, timeout=REGEX_TIMEOUT)
+        assert (found and found.span()) == (expected and expected.span()), pattern.pattern
+
+
+@pytest.mark.parametrize("pattern", ["(?:a?){9}b", "(?:a|a)(?:a|a)(?:a|a)(?:a|a)(?:a|a)b",
+                                     "a{0,40}a{0,40}b", "(?:a{1,3}){3}b"])
+def test_a_hostile_text_at_the_untimed_limit_finishes_within_the_timeout(pattern: str) -> None:
+    """The worst plain patterns, on the longest text they search untimed, made of what
+    makes them backtrack: the same search under the timeout finishes (no TimeoutError),
+    so skipping the timeout cannot change an answer."""
+    compiled = regex.compile(pattern)
+    assert paths(pattern) < UNBOUNDED
+    longest = STEP_BUDGET // (paths(pattern) * len(pattern))
+    text = "a" * longest
+    assert not timed(compiled, text) and timed(compiled, text + "a")
+    assert compiled.search(text, timeout=REGEX_TIMEOUT) is None
+
+
+def test_a_catastrophic_pattern_still_fails_closed() -> None:
+    with pytest.raises(TimeoutError):
+        search(regex.compile("(a|aa)+$"), "a" * 40 + "!")
+
+
+def _compile(pattern: str) -> regex.Pattern[str] | None:
+    try:
+        return regex.compile(pattern)
+    except regex.error:
+        return None
