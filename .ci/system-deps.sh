@@ -3,7 +3,8 @@
 #   system-deps.sh venv        python3-venv, for a Python without the venv module
 #   system-deps.sh npm         npm, to fetch the console's htmx once
 #   system-deps.sh test PY     postfix, swaks, dovecot-imapd (test peers) and CPython's test
-#                              corpus for PY; chromium for the console's browser test
+#                              corpus for PY; chromium for the console's browser test;
+#                              valgrind for the rule benchmark's instruction count
 set -eu
 what=$1
 missing=""
@@ -16,6 +17,7 @@ case "$what" in
     [ -x /usr/sbin/dovecot ] || missing="$missing dovecot-imapd"
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
     [ -x /usr/bin/chromium ] || missing="$missing chromium"
+    command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
     if ! "$2" -c "import test.test_email" 2>/dev/null; then
       ver=$("$2" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
       missing="$missing libpython$ver-testsuite"

@@ -12,8 +12,17 @@ baseline measured in the same run: the straightforward evaluator (``evaluate_ref
 Every decision is compared with the baseline's; ``mismatches`` must be 0. Garbage collection
 is paused while timing (as ``timeit`` does) and run between blocks.
 
-Usage: ``python bench/rules.py [--messages N] [--rounds R] [--seed S]``; prints one JSON
-document on stdout.
+Wall time on a shared machine moves with its neighbours, and the large rule set's working
+set (the keyword automaton, a thousand rules' compiled tests) suffers more from a busy
+cache than the small one's: the same code measured ``ratio_1000_to_10`` 4.7-8.7 in one
+hour. ``--instructions`` adds a figure that does not move: each size's evaluation run under
+valgrind (callgrind), counting CPU instructions per message over two passes of the corpus
+(start-up and compiling left out). It leaves out
+what instructions do not show, cache misses and system calls, so it is a floor, not the
+wall ratio.
+
+Usage: ``python bench/rules.py [--messages N] [--rounds R] [--seed S] [--instructions]``;
+prints one JSON document on stdout.
 """
 
 from __future__ import annotations
@@ -23,8 +32,12 @@ import datetime as dt
 import gc
 import json
 import os
+import pickle
 import platform
 import random
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -286,12 +299,58 @@ def cell(info: dict[str, Any], samples: dict[str, list[float]], n: int,
     }
 
 
+def instructions(rulesets: list[RuleSet], corpus: list[dict[str, Any]],
+                 passes: int = 2) -> list[float]:
+    """CPU instructions per message of ``evaluate`` for each rule set (valgrind's count,
+    deterministic), in one valgrind run.
+
+    The child calls ``time.sleep(0)`` before its first rule set's passes and after each
+    rule set's; callgrind writes its count and starts afresh before every call, so each
+    dump after the first holds one rule set's passes alone (start-up and compiling the
+    rule sets are left out)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, out = Path(tmp) / "input.pickle", Path(tmp) / "callgrind.out"
+        data.write_bytes(pickle.dumps((rulesets, corpus)))
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             "--dump-before=time_sleep", sys.executable, __file__,
+             "--count-passes", str(passes), str(data)],
+            capture_output=True, check=True)
+        counts = []
+        for dump in range(2, len(rulesets) + 2):
+            text = Path(f"{out}.{dump}").read_text()
+            counts.append(int(re.search(r"^totals: (\d+)", text, re.MULTILINE)[1]))  # type: ignore[index]
+        return [count / (passes * len(corpus)) for count in counts]
+
+
+def _count_passes(passes: int, data: Path) -> None:
+    """The child ``instructions`` runs under valgrind: compile, then the counted passes."""
+    rulesets, corpus = pickle.loads(data.read_bytes())
+    for ruleset in rulesets:
+        evaluate(ruleset, corpus[0], ACCOUNT)
+    gc.disable()
+    time.sleep(0)  # callgrind dumps here: what came before is not counted
+    for ruleset in rulesets:
+        for _ in range(passes):
+            for facts in corpus:
+                evaluate(ruleset, facts, ACCOUNT)
+        time.sleep(0)  # and here: the dump holds this rule set's passes alone
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per message under valgrind (slow)")
+    parser.add_argument("--count-passes", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.count_passes:
+        _count_passes(int(args.count_passes[0]), Path(args.count_passes[1]))
+        return 0
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
     corpus = build_corpus(max(args.messages, 1), args.seed)
     rounds = max(args.rounds, 1)
     prepared = {size: prepare(size, corpus, args.seed) for size in SIZES}
@@ -307,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_ratio_1000_to_10": round(by_size[SIZES[-1]]["baseline_us_per_msg_p50"]
                                            / by_size[SIZES[0]]["baseline_us_per_msg_p50"], 2),
     }
+    if args.instructions:  # a smaller corpus: under valgrind a pass is ~50x slower
+        counted = corpus[:100]
+        per_message = dict(zip(prepared, instructions(
+            [rs for rs, _ in prepared.values()], counted), strict=True))
+        result["instructions_per_msg"] = {str(k): round(v) for k, v in per_message.items()}
+        result["instructions_ratio_1000_to_10"] = round(
+            per_message[SIZES[-1]] / per_message[SIZES[0]], 2)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -35,3 +35,13 @@ def test_rules_bench_prints_one_cell_per_rule_set_size() -> None:
         assert cell["mismatches"] == 0, cell
     assert result["ratio_1000_to_10"] > 0
     assert result["baseline_ratio_1000_to_10"] > 0
+
+
+def test_the_instruction_count_grows_with_the_rule_set() -> None:
+    """``--instructions``' counter (valgrind): a deterministic figure per message, larger
+    for a larger rule set over the same messages."""
+    from bench.rules import build_corpus, build_ruleset, instructions
+
+    corpus = build_corpus(3)
+    small, large = instructions([build_ruleset(10), build_ruleset(100)], corpus)
+    assert 0 < small < large
