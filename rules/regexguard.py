@@ -6,18 +6,19 @@ reads the process CPU clock (a system call) when a timed search starts and when 
 checks, ~3 us per search here, as much as the search itself on a short subject.
 
 Most rule patterns cannot backtrack much: keywords, alternatives, optional letters, word
-boundaries. ``paths`` proves that for a pattern in a small, plain subset of the syntax (no
-unbounded repetition, no backreferences, lookarounds or inline verbose mode): the number of
-ways it can match at one position is finite and computed exactly as a backtracking matcher
-would try them. A search then costs at most ``len(text) * paths * len(pattern)`` steps; within
-``STEP_BUDGET`` it runs without the timeout, and gives the same answer the timed search
-would (the bound keeps it well under the timeout). Anything else keeps the timeout.
+boundaries. ``cost`` proves that for a pattern in a small, plain subset of the syntax (no
+unbounded repetition, no backreferences, lookarounds or inline verbose mode): the ways it
+can match at one position are finite, counted as a backtracking matcher tries them, and so
+is the longest of them (``Shape``). A search then takes at most ``len(text) * paths *
+longest path`` steps; within ``STEP_BUDGET`` it runs without the timeout and gives the
+answer the timed search would (the bound keeps it well under the timeout). Anything else
+keeps the timeout.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import regex
 
@@ -50,32 +51,48 @@ def timed(pattern: Any, text: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _cost(pattern: Any) -> int:
-    """Steps per character of text: paths times the pattern's length."""
+    """Matcher steps per character of text (``UNBOUNDED``: no bound)."""
     if pattern.flags & ~_PLAIN_FLAGS:
         return UNBOUNDED
-    return min(paths(pattern.pattern) * max(len(pattern.pattern), 1), UNBOUNDED)
+    return cost(pattern.pattern)
 
 
 @functools.lru_cache(maxsize=4096)
-def paths(source: str) -> int:
-    """How many ways ``source`` can match at one position (``UNBOUNDED`` past the budget, or
-    when the pattern uses anything outside the plain subset this counts)."""
+def cost(source: str) -> int:
+    """The most steps a backtracking search of ``source`` takes from one position of the
+    text: its paths times the longest path. ``UNBOUNDED`` past the budget, or when the
+    pattern uses anything outside the plain subset this counts."""
+    found = shape(source)
+    return UNBOUNDED if found is None else _capped(found.paths * found.steps)
+
+
+class Shape(NamedTuple):
+    """What a (sub)pattern costs from one position: the ways it can match, and the most
+    items (characters, classes, anchors) one way visits."""
+
+    paths: int
+    steps: int
+
+
+def shape(source: str) -> Shape | None:
+    """The shape of ``source``; None outside the plain subset."""
     try:
         parser = _Parser(source)
-        count = parser.alternation()
-        if parser.at < len(source):  # an unbalanced ')'
-            return UNBOUNDED
-        return min(count, UNBOUNDED)
+        found = parser.alternation()
+        return None if parser.at < len(source) else found  # an unbalanced ')'
     except _Outside:
-        return UNBOUNDED
+        return None
 
 
 class _Outside(Exception):
     """The pattern uses syntax the counter does not vouch for."""
 
 
+ONE = Shape(1, 1)
+
+
 class _Parser:
-    """A recursive-descent reader of the plain subset, counting paths as it goes."""
+    """A recursive-descent reader of the plain subset, counting as it goes."""
 
     def __init__(self, source: str):
         self.source = source
@@ -91,36 +108,37 @@ class _Parser:
         self.at += 1
         return char
 
-    def alternation(self) -> int:
-        count = self.sequence()
+    def alternation(self) -> Shape:
+        """Branches are tried in turn: their paths add up, the longest path is one's."""
+        found = self.sequence()
         while self.peek() == "|":
             self.at += 1
-            count = min(count + self.sequence(), UNBOUNDED)
-        return count
+            branch = self.sequence()
+            found = Shape(_capped(found.paths + branch.paths), max(found.steps, branch.steps))
+        return found
 
-    def sequence(self) -> int:
-        count = 1
+    def sequence(self) -> Shape:
+        """Each way of one item meets each way of the next: paths multiply, steps add."""
+        found = Shape(1, 0)
         while self.peek() not in ("", "|", ")"):
-            count = min(count * self.quantified(self.atom()), UNBOUNDED)
-        return count
+            item = self.quantified(self.atom())
+            found = Shape(_capped(found.paths * item.paths),
+                          _capped(found.steps + item.steps))
+        return found
 
-    def atom(self) -> int:
+    def atom(self) -> Shape:
         char = self.take()
         if char == "(":
             return self.group()
         if char == "[":
             self.char_class()
-            return 1
-        if char == "\\":
+        elif char == "\\":
             self.escape()
-            return 1
-        if char in ".^$":
-            return 1
-        if char in _SPECIAL:  # a quantifier with nothing to repeat, '{', ']': not ours
-            raise _Outside
-        return 1
+        elif char in _SPECIAL and char not in ".^$":
+            raise _Outside  # a quantifier with nothing to repeat, '{', ']': not ours
+        return ONE
 
-    def group(self) -> int:
+    def group(self) -> Shape:
         if self.peek() == "?":
             self.at += 1
             flags = ""
@@ -128,13 +146,13 @@ class _Parser:
                 flags += self.take()
             closer = self.take()
             if closer == ")" and flags:  # (?i): flags for the whole pattern, zero width
-                return 1
+                return ONE
             if closer != ":":  # lookarounds, named groups, atomic groups, (?x)...
                 raise _Outside
-        count = self.alternation()
+        found = self.alternation()
         if self.take() != ")":
             raise _Outside
-        return count
+        return found
 
     def char_class(self) -> None:
         if self.peek() == "^":
@@ -152,7 +170,7 @@ class _Parser:
         if char.isalnum() and char not in _CLASS_ESCAPES and char not in _CONTROL_ESCAPES:
             raise _Outside  # backreferences, \p{..}, \N{..}, \L<..>, \x.., \g<..>, ...
 
-    def quantified(self, count: int) -> int:
+    def quantified(self, item: Shape) -> Shape:
         char = self.peek()
         if char == "?":
             self.at += 1
@@ -163,12 +181,12 @@ class _Parser:
         elif char in ("*", "+"):
             raise _Outside  # unbounded repetition
         else:
-            return count
+            return item
         if self.peek() == "?":  # lazy: the same paths, in the other order
             self.at += 1
         if self.peek() in ("?", "*", "+", "{"):  # possessive or a repeated quantifier
             raise _Outside
-        return _repeats(count, low, high)
+        return Shape(_repeats(item.paths, low, high), _capped(max(high, 1) * item.steps))
 
     def bounds(self) -> tuple[int, int]:
         end = self.source.find("}", self.at)
@@ -188,10 +206,14 @@ class _Parser:
 def _repeats(count: int, low: int, high: int) -> int:
     """Paths of an item with ``count`` paths repeated ``low`` to ``high`` times."""
     if count == 1:
-        return min(high - low + 1, UNBOUNDED)
+        return _capped(high - low + 1)
     total = 0
     for times in range(low, high + 1):
         total += count ** min(times, 64)  # past 2**64 the budget is long gone
         if total > STEP_BUDGET:
             return UNBOUNDED
     return total
+
+
+def _capped(value: int) -> int:
+    return min(value, UNBOUNDED)

@@ -7,32 +7,36 @@ import random
 import pytest
 import regex
 
-from rules.regexguard import REGEX_TIMEOUT, STEP_BUDGET, UNBOUNDED, paths, search, timed
+from rules.regexguard import REGEX_TIMEOUT, STEP_BUDGET, UNBOUNDED, cost, search, shape, timed
 
 BODY = ("Hello team, I need help with the invoice copy, it does not work as expected. "
         "Regarding order number 123456, nothing happened. Kind regards. ") * 20  # ~2.6 KB
 
 
-@pytest.mark.parametrize(("pattern", "count"), [
-    ("refund", 1),
-    (r"\brefunds?\b", 2),
-    (r"\b(?:sample|feedback)\b", 2),
-    (r"^(?:re|fwd?):\s?invoice", 6),
-    (r"[A-Z]{2}-\d{4,6}", 3),
-    (r"(?:ab|cd){3}", 8),
-    (r"(?i)invoice\.pdf$", 1),
-    (r"(?ims:x.y)", 1),
-    (r"[]a\]-]x", 1),
-    (r"a|", 2),
-    ("", 1),
+@pytest.mark.parametrize(("pattern", "paths", "steps"), [
+    ("refund", 1, 6),
+    (r"\brefunds?\b", 2, 9),
+    (r"\b(?:sample|feedback)\b", 2, 10),
+    (r"^(?:re|fwd?):\s?invoice", 6, 13),
+    (r"[A-Z]{2}-\d{4,6}", 3, 9),
+    (r"(?:ab|cd){3}", 8, 6),
+    (r"(?i)invoice\.pdf$", 1, 13),
+    (r"(?ims:x.y)", 1, 3),
+    (r"[]a\]-]x", 1, 2),
+    (r"a{1000}b", 1, 1001),
+    (r"a|", 2, 1),
+    ("", 1, 0),
 ])
-def test_plain_patterns_count_their_paths(pattern: str, count: int) -> None:
-    assert paths(pattern) == count
+def test_plain_patterns_count_their_paths_and_longest_path(pattern: str, paths: int,
+                                                           steps: int) -> None:
+    assert shape(pattern) == (paths, steps)
+    assert cost(pattern) == paths * steps
 
 
 @pytest.mark.parametrize("pattern", [
     "(a+)+$", "(a|aa)+$", "(a|a)+b", r"\d{5,}", "a*", ".*", r"\w+",  # unbounded
     "(?:a?){40}a{40}", "(a|a){40}", "(?:a|b|c|d){20}",  # finite, but past the budget
+    "(?:a{1000}){1001}", "a{0,1000}a{0,1000}",  # one path or few, but long ones
     r"(a)\1", r"(?P<x>a)(?P=x)", r"\g<1>",  # backreferences
     "(?=a)", "(?!a)", "(?<=a)b", "(?>a+)", "a++", "a?+",  # lookarounds, atomic, possessive
     "(?x) a b", "(?V1)[[a-z]--[aeiou]]", "[[:alpha:]]", r"\p{L}", r"\L<words>",
@@ -40,7 +44,7 @@ def test_plain_patterns_count_their_paths(pattern: str, count: int) -> None:
     "(a", "a)", "[ab", "*a", "a{2", r"\x41",  # malformed or not counted
 ])
 def test_anything_else_keeps_the_timeout(pattern: str) -> None:
-    assert paths(pattern) == UNBOUNDED
+    assert cost(pattern) == UNBOUNDED
     compiled = _compile(pattern)
     if compiled is not None:
         assert timed(compiled, "a")
@@ -70,14 +74,15 @@ def test_the_guarded_search_answers_as_the_timed_one() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["(?:a?){9}b", "(?:a|a)(?:a|a)(?:a|a)(?:a|a)(?:a|a)b",
-                                     "a{0,40}a{0,40}b", "(?:a{1,3}){3}b"])
+                                     "a{0,40}a{0,40}b", "(?:a{1,3}){3}b", "(?:a{100}){50}b",
+                                     "a{0,999}b"])
 def test_a_hostile_text_at_the_untimed_limit_finishes_within_the_timeout(pattern: str) -> None:
     """The worst plain patterns, on the longest text they search untimed, made of what
     makes them backtrack: the same search under the timeout finishes (no TimeoutError),
     so skipping the timeout cannot change an answer."""
     compiled = regex.compile(pattern)
-    assert paths(pattern) < UNBOUNDED
-    longest = STEP_BUDGET // (paths(pattern) * len(pattern))
+    assert cost(pattern) < UNBOUNDED
+    longest = STEP_BUDGET // cost(pattern)
     text = "a" * longest
     assert not timed(compiled, text) and timed(compiled, text + "a")
     assert compiled.search(text, timeout=REGEX_TIMEOUT) is None
