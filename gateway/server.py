@@ -38,7 +38,13 @@ from engine.processes import settle_heap
 from engine.store.database import make_engine
 from gateway.http import WsgiServer, load_app
 from gateway.imap import PollerSet
-from gateway.smtp import GatewayStats, IntakeHandler, start_listener, tls_context
+from gateway.smtp import (
+    LISTEN_BACKLOG,
+    GatewayStats,
+    IntakeHandler,
+    start_listener,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 30
@@ -121,8 +127,8 @@ class Gateway:
         app = load_app(self.settings, self._health_from_thread) \
             if self.services.console else None
         if app is None:
-            self.servers["http"] = await asyncio.start_server(self._http,
-                                                              sock=self.sockets["http"])
+            self.servers["http"] = await asyncio.start_server(
+                self._http, sock=self.sockets["http"], backlog=LISTEN_BACKLOG)
             return
         self.wsgi = WsgiServer(app, self.sockets["http"], self.settings.console.threads)
         self.wsgi.start()
@@ -216,7 +222,11 @@ class Gateway:
 
 def bind_sockets(settings: Settings, retry_seconds: float = 5.0) -> dict[str, socket.socket]:
     """Bind every configured listener now; a port still held by a stopping predecessor
-    is retried for a few seconds, any other error is raised at once."""
+    is retried for a few seconds, any other error is raised at once.
+
+    The sockets listen only once their server starts: a client that connects during
+    start-up (accounts synced, writer spawned) is refused and retries, as an MTA does,
+    instead of waiting in the backlog of a process that may still fail to start."""
     gw = settings.gateway
     wanted = {name: parse_listen(listen) for name, listen in
               (("smtp", gw.smtp_listen), ("lmtp", gw.lmtp_listen), ("http", gw.http_listen))}
@@ -240,7 +250,6 @@ def _bind(host: str, port: int, retry_seconds: float) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((host, port))
-            sock.listen(1024)
             sock.setblocking(False)
             return sock
         except OSError as exc:

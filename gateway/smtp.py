@@ -41,6 +41,7 @@ NOT_ALLOWED = "554 5.7.1 Your network is not allowed to deliver here"
 TEMP_FAILURE = "451 4.3.0 Temporary failure storing the message, please retry"
 REJECTED = "550 5.7.1 {message}"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, please retry"
+LISTEN_BACKLOG = 1024  # connections the kernel queues while every worker is busy
 
 # aiosmtpd writes a few fixed replies itself; we give them enhanced status codes.
 _AIOSMTPD_REPLIES = {
@@ -351,4 +352,4 @@ async def start_listener(
         handler.connections.add(proto)
         return proto
 
-    return await loop.create_server(factory, sock=sock)
+    return await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)

@@ -7,10 +7,13 @@ import smtplib
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import aiosmtplib
 import pytest
-from helpers import Instance, make_mail, write_lock_held
+from helpers import POSTDESK, ROOT, Instance, make_mail, wait_port, write_lock_held
+
+from engine.store.database import upgrade
 
 
 def send(inst: Instance, raw: bytes, rcpts: list[str], sender: str = "customer@client.test"):
@@ -230,6 +233,38 @@ def test_database_unavailable_answers_451_then_recovers(instance: Instance) -> N
         assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
     assert send(instance, raw, ["support@example.test"]) == {}
     assert len(by_message_id(instance, "<locked-1@client.test>")) == 1
+
+
+def test_the_smtp_port_refuses_connections_until_start_up_is_done(tmp_path: Path) -> None:
+    """Start-up writes the accounts after binding the port; while another client holds
+    the store's write lock that write waits, and a client connecting meanwhile must be
+    refused (it retries later), not queued behind a start-up that may still fail (it was
+    reset when start-up then gave up)."""
+    inst = Instance(tmp_path / "instance").write()
+    upgrade(inst.db_url)  # migrated, no accounts yet: serve's first write is theirs
+    log = open(inst.dir / "serve.log", "ab")  # noqa: SIM115 — closed below
+    try:
+        with write_lock_held(inst.engine):
+            inst.proc = subprocess.Popen([*POSTDESK, "--config", str(inst.config), "serve"],
+                                         cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+            deadline = time.monotonic() + 60
+            while f"smtp listening on 127.0.0.1:{inst.smtp}" not in inst.log():
+                assert inst.proc.poll() is None and time.monotonic() < deadline, inst.log()
+                time.sleep(0.05)
+            for _ in range(10):  # bound, and start-up waits for the lock
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", inst.smtp), timeout=5).close()
+                time.sleep(0.05)
+            assert inst.proc.poll() is None, inst.log()
+        wait_port(inst.smtp, 60, inst.proc)
+        with smtplib.SMTP("127.0.0.1", inst.smtp, timeout=30) as smtp:
+            assert smtp.noop()[0] == 250
+    finally:
+        inst.stop()
+        log.close()
+        inst.engine.dispose()
 
 
 def test_health_endpoint(gateway: Instance) -> None:
