@@ -17,9 +17,8 @@ set (the keyword automaton, a thousand rules' compiled tests) suffers more from 
 cache than the small one's: the same code measured ``ratio_1000_to_10`` 4.7-8.7 in one
 hour. ``--instructions`` adds a figure that does not move: each size's evaluation run under
 valgrind (callgrind), counting CPU instructions per message over two passes of the corpus
-(start-up and compiling left out). It leaves out
-what instructions do not show, cache misses and system calls, so it is a floor, not the
-wall ratio.
+(start-up and compiling left out). It leaves out what instructions do not show, cache
+misses and system calls, so it is a floor, not the wall ratio.
 
 Usage: ``python bench/rules.py [--messages N] [--rounds R] [--seed S] [--instructions]``;
 prints one JSON document on stdout.

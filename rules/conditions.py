@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from rules.schema import Condition
 
 
-
 @dataclass(frozen=True)
 class Key:
     """A fact a condition can test; ``kind`` decides which operators make sense."""

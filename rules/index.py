@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import ahocorasick_rs
 import regex
 
-from rules.conditions import FactSource, Log, compile_check
+from rules.conditions import FactSource, LeafTest, Log, compile_check
 from rules.needles import Needle, may_match, regex_needles, requirement
 from rules.scan import decider
 from rules.schema import Combinator, Condition, Node, Rule, RuleSet
@@ -37,7 +37,6 @@ from rules.schema import Combinator, Condition, Node, Rule, RuleSet
 TEXT_OPS = frozenset({"contains", "starts_with", "ends_with", "matches"})  # raise on non-text
 SMALL_FINDER = 20  # needles; measured on 2 KB bodies, ``in`` is ~1.3 us each, a pass ~32 us
 ScanKey = tuple[str, bool]  # (fact key, case sensitive)
-Test = Callable[[FactSource, Log], bool]
 
 
 class Probe(NamedTuple):
@@ -63,7 +62,7 @@ class StagePlan:
     keys: tuple[tuple[int, str], ...]  # (first position, key), for the deferred trace
     plain: bool  # every match and nothing can stop it: matches are applied together
     documents: tuple[tuple[str, ...], ...]  # each rule's suggested documents
-    tests: tuple[Test | None, ...]  # each rule's ``when`` as written, for small plans
+    tests: tuple[LeafTest | None, ...]  # each rule's ``when`` as written, for small plans
 
 
 @dataclass(frozen=True)
@@ -193,7 +192,7 @@ def _stage_plan(index: int, rules: list[Rule], rule_type: str, matching: str, st
     return stage, tables._replace(always=always)
 
 
-def predicate(node: Node) -> Test:
+def predicate(node: Node) -> LeafTest:
     """A condition tree as one function of the facts: true when the tree holds. Items are
     tested in written order and stop as soon as the answer is known, like ``_test``; each
     leaf tested is logged with its actual value (the trace of a rule that matched)."""
@@ -219,7 +218,7 @@ def predicate(node: Node) -> Test:
     return all_of
 
 
-def _screened(cond: Condition, test: Test) -> Test:
+def _screened(cond: Condition, test: LeafTest) -> LeafTest:
     """A regex test that first looks for the literals every match holds (most texts hold
     none of them, and a literal search costs a fraction of the regex's)."""
     needles = regex_needles(cond.operand) if cond.op == "matches" else None

@@ -57,7 +57,6 @@ def _cost(pattern: Any) -> int:
     return cost(pattern.pattern)
 
 
-@functools.lru_cache(maxsize=4096)
 def cost(source: str) -> int:
     """The most steps a backtracking search of ``source`` takes from one position of the
     text: its paths times the longest path. ``UNBOUNDED`` past the budget, or when the
@@ -88,7 +87,7 @@ class _Outside(Exception):
     """The pattern uses syntax the counter does not vouch for."""
 
 
-ONE = Shape(1, 1)
+_ONE = Shape(1, 1)
 
 
 class _Parser:
@@ -136,17 +135,17 @@ class _Parser:
             self.escape()
         elif char in _SPECIAL and char not in ".^$":
             raise _Outside  # a quantifier with nothing to repeat, '{', ']': not ours
-        return ONE
+        return _ONE
 
     def group(self) -> Shape:
         if self.peek() == "?":
             self.at += 1
             flags = ""
-            while self.peek() in tuple("ims"):
+            while self.peek() in ("i", "m", "s"):  # not a string: "" (the end) is in any
                 flags += self.take()
             closer = self.take()
             if closer == ")" and flags:  # (?i): flags for the whole pattern, zero width
-                return ONE
+                return _ONE
             if closer != ":":  # lookarounds, named groups, atomic groups, (?x)...
                 raise _Outside
         found = self.alternation()

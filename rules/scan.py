@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 Decider = Callable[["Scan"], bool]
 
 
-
 class FactsView:
     """Read-through view over the caller's facts: each fact read once, folded once.
 
