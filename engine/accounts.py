@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select
 
 from engine.config import Settings
-from engine.store.database import writer
+from engine.store.database import retry_unavailable, writer
 from engine.store.models import Account
 
 
@@ -40,7 +40,20 @@ class AccountDirectory:
 
 
 def sync_accounts(engine: Engine, settings: Settings) -> AccountDirectory:
-    """Insert or update every configured account; returns the directory for the gateway."""
+    """Insert or update every configured account; returns the directory for the gateway.
+
+    Every service does this at start; while the store is down or locked by a long
+    transaction it retries for ``database.startup_wait`` seconds before giving up."""
+    existing = retry_unavailable(lambda: _write_accounts(engine, settings),
+                                 settings.database.startup_wait, "writing the accounts")
+    by_address = {addr: existing[acc.name] for acc in settings.accounts
+                  for addr in acc.all_addresses()}
+    return AccountDirectory(by_address, {existing[a.name]: a.name for a in settings.accounts},
+                            settings.outbox.bounce_local.lower())
+
+
+def _write_accounts(engine: Engine, settings: Settings) -> dict[str, int]:
+    """One transaction: every configured account inserted or updated; name -> id."""
     with writer(engine).begin() as conn:  # several workers may start at once
         existing = {row.name: row.id for row in conn.execute(select(Account.id, Account.name))}
         for acc in settings.accounts:
@@ -54,7 +67,4 @@ def sync_accounts(engine: Engine, settings: Settings) -> AccountDirectory:
             else:
                 result = conn.execute(Account.__table__.insert(), {"name": acc.name, **values})
                 existing[acc.name] = result.inserted_primary_key[0]
-    by_address = {addr: existing[acc.name] for acc in settings.accounts
-                  for addr in acc.all_addresses()}
-    return AccountDirectory(by_address, {existing[a.name]: a.name for a in settings.accounts},
-                            settings.outbox.bounce_local.lower())
+    return existing

@@ -31,22 +31,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from engine.decisions import RuleFiles, RulesContext
 from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
 from engine.processes import die_with_parent, settle_heap
-from engine.store.database import checkpoint_in_background, make_engine, writer
+from engine.store.database import UNAVAILABLE, checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
 # Mail up to this size is parsed in the gateway process before it goes to the writer
 # process, whose time every waiting sender shares; larger mail is parsed there.
 PARSE_HERE_MAX = 64 * 1024
-# The database itself failed (unreachable, locked past the busy timeout, disk full): the
-# sender must retry. Other errors, DataError and IntegrityError included, are about one
-# message and are isolated instead.
-UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 class StoreUnavailable(Exception):

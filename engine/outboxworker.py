@@ -24,7 +24,6 @@ from typing import Any
 
 import aiosmtplib
 from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine import compose
 from engine.autoresponse import loop_headers
@@ -53,7 +52,7 @@ from engine.outbox import (
 from engine.procedures import ProcedureRunner
 from engine.processes import die_with_parent
 from engine.sqlfields import SqlMergeField, check_query, run_sql_field, sql_engine
-from engine.store.database import make_engine, writer
+from engine.store.database import UNAVAILABLE, make_engine, writer
 from engine.store.models import (
     Account,
     Message,
@@ -69,8 +68,7 @@ from rules.schema import RuleErrors, load_rules
 
 log = logging.getLogger(__name__)
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")  # RFC 3463 enhanced status code
-UNAVAILABLE = (OperationalError, InterfaceError)  # the database is down or restarting
-DOWN_BACKOFF_MAX = 10.0  # seconds between attempts while it is
+DOWN_BACKOFF_MAX = 10.0  # seconds between attempts while the database is down
 RECOVER_EVERY = 30.0  # seconds between looks for rows other workers left mid-send
 HOLD_AFTER_SEND = "POSTDESK_TEST_HOLD_AFTER_SEND"  # tests: crash between 250 and bookkeeping
 

@@ -39,7 +39,19 @@ def _default_config() -> str:
     return "var/postdesk.yaml" if Path("var/postdesk.yaml").exists() else "postdesk.yaml"
 
 
-@click.group()
+class _Main(click.Group):
+    """Every command: a store that stays unavailable through a start-up ends the command
+    with one line and exit status 75 (EX_TEMPFAIL: a supervisor restarts it later)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except database.StoreUnavailable as exc:
+            click.echo(f"postdesk: gave up starting: {exc}", err=True)
+            sys.exit(75)
+
+
+@click.group(cls=_Main)
 @click.option("--config", "-c", envvar="POSTDESK_CONFIG", default=None,
               help="Path to postdesk.yaml (default: var/postdesk.yaml or ./postdesk.yaml).")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -85,7 +97,7 @@ def init(instance: str) -> None:
     key_file.write_text(generate_secret() + "\n")
     settings = load_settings(config)
     console_secret(settings)  # console-secret.key, 0600, signs the console's sessions
-    database.upgrade(settings.database_url)
+    database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     password = generate_password()
     engine = database.make_engine(settings.database_url)
     with database.session_factory(database.writer(engine)).begin() as session:
@@ -119,7 +131,7 @@ def _run_services(ctx: click.Context, services: Services) -> None:
 
     settings = settings_from(ctx)
     _check_rules(settings)
-    database.upgrade(settings.database_url)
+    database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     sys.exit(run(settings, services))
 
 
@@ -295,7 +307,7 @@ def console_cmd(ctx: click.Context, listen: str | None) -> None:
     from gateway.http import run_alone
 
     settings = settings_from(ctx)
-    database.upgrade(settings.database_url)
+    database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     sys.exit(run_alone(settings, listen))
 
 

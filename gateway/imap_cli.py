@@ -56,7 +56,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _prepare(settings: Settings) -> AccountDirectory:
     """Migrate the database and mirror the accounts into it, as ``serve`` does at start."""
-    database.upgrade(settings.database_url)
+    database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     engine = database.make_engine(settings.database_url)
     try:
         return sync_accounts(engine, settings)

@@ -34,7 +34,7 @@ def outbox(ctx: click.Context) -> None:
     from engine.outboxworker import run_worker
 
     settings = _settings(ctx)
-    database.upgrade(settings.database_url)
+    database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     engine = database.make_engine(settings.database_url, **settings.database.engine_options(1))
     sync_accounts(engine, settings)
     engine.dispose()

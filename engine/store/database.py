@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+# The database itself failed (unreachable, restarting, locked past the busy timeout, disk
+# full): the caller must retry (the gateway answers 4xx). Other errors, DataError and
+# IntegrityError included, are about one statement's data and are isolated instead.
+UNAVAILABLE = (OperationalError, InterfaceError)
 
 SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -166,6 +176,32 @@ def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Ev
     return stop
 
 
+class StoreUnavailable(Exception):
+    """The store stayed unavailable for as long as a start-up would wait."""
+
+
+def retry_unavailable(call: Callable[[], T], seconds: float, what: str) -> T:
+    """``call()``, retried while the store is unavailable (``UNAVAILABLE``) for up to
+    ``seconds``, waiting 0.2 s, then twice as long each time up to 5 s; then
+    ``StoreUnavailable`` saying what failed and why. For start-up writes: a store locked by
+    a long transaction or still starting delays a service instead of ending it."""
+    deadline = time.monotonic() + seconds
+    pause = 0.2
+    while True:
+        try:
+            return call()
+        except UNAVAILABLE as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(f"{what}: the store stayed unavailable for "
+                                       f"{seconds:g} s ({reason})") from exc
+            print(f"postdesk: {what}: the store is unavailable ({reason}); retrying for up "
+                  f"to {left:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
@@ -185,12 +221,20 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating it when new)."""
+def upgrade(url: str, revision: str = "head", wait: float = 0) -> None:
+    """Bring the database at ``url`` to ``revision`` (creating it when new); with ``wait``,
+    first wait up to that many seconds for the database to accept a connection (a service
+    starting alongside its PostgreSQL)."""
     from alembic import command
 
     if make_url(url).get_backend_name() == "sqlite":
         _ensure_sqlite_dir(driver_url(url, async_=False))
+    if wait > 0:
+        engine = make_engine(url)
+        try:
+            retry_unavailable(lambda: engine.connect().close(), wait, "connecting")
+        finally:
+            engine.dispose()
     command.upgrade(alembic_config(url), revision)
 
 

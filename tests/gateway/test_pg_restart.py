@@ -136,6 +136,27 @@ def test_gateway_answers_451_while_postgres_is_down_and_loses_nothing(
         gateway.kill()
 
 
+def test_gateway_started_while_postgres_is_down_waits_for_it(
+        pg: Server, instance: Instance) -> None:
+    """A gateway starting before its PostgreSQL (a host booting, a failover) waits for the
+    database (``database.startup_wait``) instead of exiting, and serves once it is up."""
+    instance.write()
+    pg.stop()
+    gateway = Role(instance, "gateway", name="gateway")
+    try:
+        wait_until(lambda: "connecting: the store is unavailable" in gateway.log(), 30,
+                   "start-up retrying")
+        time.sleep(1)
+        assert gateway.alive(), gateway.log()
+        pg.start()
+        gateway.wait_port(instance.smtp, 60)
+        _send(instance, "<after-start@client.test>")
+        assert _stored_counts(instance) == {"<after-start@client.test>": 1}
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
+
+
 RULES = """\
 version: 1
 rules:

@@ -235,35 +235,68 @@ def test_database_unavailable_answers_451_then_recovers(instance: Instance) -> N
     assert len(by_message_id(instance, "<locked-1@client.test>")) == 1
 
 
-def test_the_smtp_port_refuses_connections_until_start_up_is_done(tmp_path: Path) -> None:
-    """Start-up writes the accounts after binding the port; while another client holds
-    the store's write lock that write waits, and a client connecting meanwhile must be
-    refused (it retries later), not queued behind a start-up that may still fail (it was
-    reset when start-up then gave up)."""
-    inst = Instance(tmp_path / "instance").write()
-    upgrade(inst.db_url)  # migrated, no accounts yet: serve's first write is theirs
-    log = open(inst.dir / "serve.log", "ab")  # noqa: SIM115 — closed below
+def _serve_while_locked(inst: Instance) -> subprocess.Popen:
+    """``postdesk serve`` started on ``inst`` (migrated, no accounts yet: its first write is
+    theirs), once it has bound its ports; the caller holds the store's write lock."""
+    log = open(inst.dir / "serve.log", "ab")  # noqa: SIM115 — the child keeps it
+    with log:
+        inst.proc = subprocess.Popen([*POSTDESK, "--config", str(inst.config), "serve"],
+                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+    deadline = time.monotonic() + 60
+    while f"smtp listening on 127.0.0.1:{inst.smtp}" not in inst.log():
+        assert inst.proc.poll() is None and time.monotonic() < deadline, inst.log()
+        time.sleep(0.05)
+    return inst.proc
+
+
+def test_start_up_waits_for_a_locked_store_and_refuses_connections_meanwhile(
+        tmp_path: Path) -> None:
+    """Start-up writes the accounts after binding the port. While another client holds
+    the store's write lock, far longer than the busy timeout, start-up retries instead of
+    giving up, and a client connecting meanwhile is refused (it retries later), not queued
+    behind a start-up that may still fail (it was reset when start-up then gave up)."""
+    inst = Instance(tmp_path / "instance").write(busy_timeout_ms=300)
+    upgrade(inst.db_url)
     try:
         with write_lock_held(inst.engine):
-            inst.proc = subprocess.Popen([*POSTDESK, "--config", str(inst.config), "serve"],
-                                         cwd=ROOT,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-            deadline = time.monotonic() + 60
-            while f"smtp listening on 127.0.0.1:{inst.smtp}" not in inst.log():
-                assert inst.proc.poll() is None and time.monotonic() < deadline, inst.log()
-                time.sleep(0.05)
-            for _ in range(10):  # bound, and start-up waits for the lock
+            proc = _serve_while_locked(inst)
+            deadline = time.monotonic() + 2.5  # eight busy timeouts
+            while time.monotonic() < deadline:  # bound, and start-up waits for the lock
                 with pytest.raises(ConnectionRefusedError):
                     socket.create_connection(("127.0.0.1", inst.smtp), timeout=5).close()
-                time.sleep(0.05)
-            assert inst.proc.poll() is None, inst.log()
-        wait_port(inst.smtp, 60, inst.proc)
+                time.sleep(0.1)
+            assert proc.poll() is None, inst.log()
+            assert "writing the accounts: the store is unavailable (database is locked)" \
+                in inst.log()
+        wait_port(inst.smtp, 60, proc)
         with smtplib.SMTP("127.0.0.1", inst.smtp, timeout=30) as smtp:
-            assert smtp.noop()[0] == 250
+            assert smtp.sendmail("customer@client.test", ["support@example.test"],
+                                 make_mail("After start-up",
+                                           message_id="<late-start@client.test>")) == {}
+        assert len(by_message_id(inst, "<late-start@client.test>")) == 1
     finally:
         inst.stop()
-        log.close()
+        inst.engine.dispose()
+
+
+def test_start_up_gives_up_after_startup_wait(tmp_path: Path) -> None:
+    """A store locked for longer than ``database.startup_wait`` ends the start with a
+    non-zero exit and the reason, so a supervisor sees it and restarts the service."""
+    inst = Instance(tmp_path / "instance").write(busy_timeout_ms=200)
+    inst.config.write_text(inst.config.read_text().replace(
+        "  busy_timeout_ms: 200\n", "  busy_timeout_ms: 200\n  startup_wait: 1\n"))
+    upgrade(inst.db_url)
+    try:
+        with write_lock_held(inst.engine):
+            proc = _serve_while_locked(inst)
+            assert proc.wait(30) == 75  # EX_TEMPFAIL
+        assert "the store is unavailable (database is locked)" in inst.log()
+        assert inst.log().splitlines()[-1] == (
+            "postdesk: gave up starting: writing the accounts: the store stayed unavailable "
+            "for 1 s (database is locked)")
+    finally:
+        inst.stop()
         inst.engine.dispose()
 
 
