@@ -33,7 +33,7 @@ from engine.intakewriter import ProcessWriter, StoreUnavailable, ThreadWriter
 __all__ = ["Intake", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
-START_TIMEOUT = 120.0  # a spawned writer imports the engine and loads the rules first
+START_TIMEOUT = 120.0  # a new writer waits for the forkserver's imports and loads the rules
 
 
 class Intake:
@@ -73,7 +73,7 @@ class Intake:
             return
         writer = self._spawn()
         loop = asyncio.get_running_loop()
-        # spawn, import and load the rules now, not with the first message
+        # start it and load the rules now, not with the first message
         ready = await loop.run_in_executor(None, writer.ready.wait, START_TIMEOUT)
         if not ready or not writer.started:
             raise RuntimeError("the intake writer process did not start (see its log)")

@@ -7,7 +7,7 @@ While one transaction's fsync runs (the GIL is released), the next groups are pa
 more mail waits, the larger the next transaction (group commit sized by the load, not by
 the caller).
 
-``ThreadWriter`` hosts it in the caller's process; ``ProcessWriter`` in a spawned child fed
+``ThreadWriter`` hosts it in the caller's process; ``ProcessWriter`` in a child process fed
 over pipes (the gateway: storing uses a second core instead of fighting the event loop for
 the GIL). ``ProcessWriter``'s sending thread parses mail up to ``PARSE_HERE_MAX`` before
 it goes (``parse_here``): the gateway process has time to spare, while the writer's time
@@ -21,7 +21,6 @@ child is gone, with groups unanswered.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import queue
 import signal
@@ -34,7 +33,7 @@ from typing import Any
 from engine.decisions import RuleFiles, RulesContext
 from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
-from engine.processes import die_with_parent, settle_heap
+from engine.processes import child_context, die_with_parent, settle_heap
 from engine.store.database import UNAVAILABLE, checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
@@ -225,11 +224,11 @@ class ThreadWriter:
 
 
 class ProcessWriter:
-    """The host in a spawned child process, fed and answered over two pipes."""
+    """The host in a child process (``child_context``), fed and answered over two pipes."""
 
     def __init__(self, url: str, busy_timeout_ms: int, rules: RuleFiles | None,
                  max_batch: int, on_done: OnDone, on_death: Callable[[], None]):
-        context = multiprocessing.get_context("spawn")
+        context = child_context()
         to_child, self._to_child = context.Pipe(duplex=False)
         self._from_child, from_child = context.Pipe(duplex=False)
         self.ready = threading.Event()  # set on the child's "ready", or on its death

@@ -127,9 +127,12 @@ def gateway_cmd(ctx: click.Context) -> None:
 
 def _run_services(ctx: click.Context, services: Services) -> None:
     """Check the rules, migrate, then run ``services`` until SIGTERM."""
+    from engine.processes import start_child_server
     from gateway.server import serve as run
 
     settings = settings_from(ctx)
+    if settings.gateway.workers == 1:  # its imports overlap ours; pre-forked workers
+        start_child_server()          # each start their own
     _check_rules(settings)
     database.upgrade(settings.database_url, wait=settings.database.startup_wait)
     sys.exit(run(settings, services))

@@ -34,7 +34,7 @@ from engine.decisions import RuleFiles
 from engine.intake import Intake
 from engine.outbox import health as outbox_health
 from engine.outboxworker import run_worker
-from engine.processes import settle_heap
+from engine.processes import child_context, settle_heap
 from engine.store.database import make_engine
 from gateway.http import WsgiServer, load_app
 from gateway.imap import PollerSet
@@ -116,7 +116,7 @@ class Gateway:
             await self._start_http()
         await self.pollers.start()
         if self.sends:
-            self.outbox = multiprocessing.get_context("spawn").Process(
+            self.outbox = child_context().Process(
                 target=run_worker, args=(self.settings, os.getpid()), name="postdesk-outbox")
             self.outbox.start()
         log.info("worker %d serving %s", self.worker, ", ".join(sorted(self.servers)))
@@ -225,7 +225,7 @@ def bind_sockets(settings: Settings, retry_seconds: float = 5.0) -> dict[str, so
     is retried for a few seconds, any other error is raised at once.
 
     The sockets listen only once their server starts: a client that connects during
-    start-up (accounts synced, writer spawned) is refused and retries, as an MTA does,
+    start-up (accounts synced, writer started) is refused and retries, as an MTA does,
     instead of waiting in the backlog of a process that may still fail to start."""
     gw = settings.gateway
     wanted = {name: parse_listen(listen) for name, listen in

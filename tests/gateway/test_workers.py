@@ -1,5 +1,5 @@
-"""Pre-fork workers (``gateway.workers: 2``): shared sockets, drain on SIGTERM, die with
-the supervisor."""
+"""Server processes: pre-fork workers (``gateway.workers: 2``) share the sockets, drain on
+SIGTERM and die with the supervisor; the children of ``serve`` die with it too."""
 
 from __future__ import annotations
 
@@ -8,21 +8,32 @@ import signal
 import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from helpers import Instance, make_mail
 
 
-def worker_pids(supervisor: int) -> list[int]:
-    children = []
+def _processes(field: int, value: int) -> list[int]:
+    """Live processes whose /proc stat field (0: state, 1: parent, 3: session) is ``value``
+    (zombies left out: they hold nothing)."""
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor:
-                children.append(int(entry))
-    return children
+            if int(stat[field]) == value and stat[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    return _processes(1, supervisor)
+
+
+def session_pids(leader: int) -> list[int]:
+    return _processes(3, leader)
 
 
 def send_many(inst: Instance, prefix: str, count: int) -> None:
@@ -62,3 +73,27 @@ def test_workers_die_with_a_killed_supervisor(instance: Instance) -> None:
     instance.start()  # the ports are free again
     send_many(instance, "after", 2)
     assert len(instance.messages()) == 6
+
+
+def test_the_children_of_serve_die_with_it(instance: Instance) -> None:
+    """SIGKILL to ``serve`` alone: its intake writer, outbox worker and the forkserver
+    that started them all exit too (nothing keeps the store or the ports), and a new
+    ``serve`` starts on the same ports."""
+    instance.write().start()
+    send_many(instance, "s", 2)
+    leader = instance.proc.pid  # started in a session of its own
+    deadline = time.monotonic() + 20
+    while len(others := [p for p in session_pids(leader) if p != leader]) < 3:
+        assert time.monotonic() < deadline, others  # the writer, the outbox, the forkserver
+        time.sleep(0.05)
+    os.kill(leader, signal.SIGKILL)
+    instance.proc.wait()
+    instance.proc = None
+    deadline = time.monotonic() + 20
+    while session_pids(leader) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = session_pids(leader)
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_bytes()[:150] for pid in left]
+    instance.start()
+    send_many(instance, "after", 2)
+    assert len(instance.messages()) == 4
