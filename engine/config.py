@@ -118,8 +118,8 @@ class DatabaseSettings(Strict):
     pool_timeout: float = Field(30, gt=0)  # seconds to wait for a free connection
     pool_recycle: int = Field(1800, ge=-1)  # reopen connections older than this; -1: never
     busy_timeout_ms: int = Field(10_000, ge=0)  # SQLite busy timeout; PostgreSQL lock_timeout
-    # seconds a service's start-up write (the accounts) retries while the store is down or
-    # locked, before the service gives up and exits non-zero
+    # seconds a service's start-up (connecting, writing the accounts) retries while the
+    # store is down or locked, before the service gives up and exits 75
     startup_wait: float = Field(60, ge=0)
 
     def engine_options(self, default_pool_size: int = 5) -> dict[str, Any]:
