@@ -33,7 +33,7 @@ from typing import Any
 from engine.decisions import RuleFiles, RulesContext
 from engine.deliveries import Delivery, Envelope, Receipt, Rejected, store_batch, store_raw
 from engine.mime import ParsedMessage, parse_message
-from engine.processes import child_context, die_with_parent, settle_heap
+from engine.processes import child_context, die_with_parent, name_process, settle_heap
 from engine.store.database import UNAVAILABLE, checkpoint_in_background, make_engine, writer
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ class ProcessWriter:
 def _child_main(inbox: Any, outbox: Any, parent: int, url: str, busy_timeout_ms: int,
                 rules: RuleFiles | None, max_batch: int) -> None:
     die_with_parent(parent)  # a killed gateway must not leave its writer behind
+    name_process("postdesk-writer")
     # Ctrl-C reaches the whole process group: the parent decides when the writer stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,

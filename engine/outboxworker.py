@@ -50,7 +50,7 @@ from engine.outbox import (
     suppressed,
 )
 from engine.procedures import ProcedureRunner
-from engine.processes import die_with_parent
+from engine.processes import die_with_parent, name_process
 from engine.sqlfields import SqlMergeField, check_query, run_sql_field, sql_engine
 from engine.store.database import UNAVAILABLE, make_engine, writer
 from engine.store.models import (
@@ -544,6 +544,7 @@ def run_worker(settings: Settings, parent: int | None = None) -> None:
     the SMTP loop). ``parent``: exit with that process."""
     if parent is not None:
         die_with_parent(parent)
+        name_process("postdesk-outbox")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     engine = make_engine(settings.database_url, **settings.database.engine_options())
 

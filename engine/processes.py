@@ -15,6 +15,7 @@ import threading
 import time
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 # What the children of a server process run; the forkserver imports them once.
 CHILD_MODULES = ("engine.intakewriter", "engine.outboxworker")
 
@@ -79,6 +80,13 @@ def _alive(pid: int) -> bool:
     except (ProcessLookupError, PermissionError):  # gone, or someone else's pid by now
         return False
     return True
+
+
+def name_process(name: str) -> None:
+    """Show ``name`` (at most 15 bytes) for this process in ``top``, ``ps -o comm`` and
+    ``/proc/PID/comm``: children of the forkserver all share its command line."""
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere than Linux: no prctl
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def settle_heap() -> None:
