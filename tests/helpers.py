@@ -102,8 +102,8 @@ class Instance:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **env} if env else None,
         )
-        wait_port(self.smtp, timeout, self.proc)
-        wait_port(self.lmtp, timeout, self.proc)
+        for port in (self.smtp, self.lmtp, self.http):  # each listens once its server is up
+            wait_port(port, timeout, self.proc)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:

@@ -48,7 +48,10 @@ def test_gateway_role_takes_mail_in_and_the_outbox_role_sends_it(instance: Insta
                                                                relay: Relay) -> None:
     prepare(instance, relay, RULES)
     instance.write(extra=outbox_config(relay), gateway_extra="  workers: 2\n")
-    gateway = Role(instance, "gateway", name="gateway").wait_port(instance.smtp)
+    # /healthz is worker 0's: its port listens once that worker is up, which may be after
+    # worker 1 has started taking mail
+    gateway = Role(instance, "gateway", name="gateway").wait_port(instance.smtp) \
+        .wait_port(instance.http)
     outbox: Role | None = None
     try:
         instance.proc = gateway.proc  # stopped by the fixture if the test fails
