@@ -13,6 +13,7 @@ import select
 import signal
 import threading
 import time
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -50,8 +51,7 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     its children do, so a thread watches ``parent`` itself (a pidfd, else polling).
     """
     if os.getppid() == parent:
-        with contextlib.suppress(OSError, AttributeError):  # elsewhere than Linux: no prctl
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+        _prctl(PR_SET_PDEATHSIG, sig)
         if os.getppid() == parent:  # else it exited before the prctl took effect
             return
         os._exit(0)
@@ -85,8 +85,12 @@ def _alive(pid: int) -> bool:
 def name_process(name: str) -> None:
     """Show ``name`` (at most 15 bytes) for this process in ``top``, ``ps -o comm`` and
     ``/proc/PID/comm``: children of the forkserver all share its command line."""
+    _prctl(PR_SET_NAME, name.encode()[:15])
+
+
+def _prctl(option: int, value: Any) -> None:
     with contextlib.suppress(OSError, AttributeError):  # elsewhere than Linux: no prctl
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15])
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
 
 
 def settle_heap() -> None:
