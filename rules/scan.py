@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
-from rules.conditions import check
+from rules.conditions import Log, check, compile_check
 from rules.needles import DOTTED, VOLATILE
 from rules.schema import Combinator, Condition, Node
 
@@ -75,12 +75,13 @@ _UNSCANNED = object()
 class Scan:
     """One message against a plan: needles found per fact, candidates per stage, leaves."""
 
-    __slots__ = ("plan", "view", "odd_seen", "_hits", "_odd", "_regex", "_found")
+    __slots__ = ("plan", "view", "odd_seen", "log", "_hits", "_odd", "_regex", "_found")
 
     def __init__(self, plan: RulePlan, facts: Mapping[str, Any]):
         self.plan = plan
         self.view = FactsView(facts)
         self.odd_seen = False  # a text operator meets a non-text fact: test as written
+        self.log: Log = []  # what the deciders' compiled tests log; nobody reads it
         self._hits: dict[tuple[str, Any], Any] = {}
         self._odd: dict[str, bool] = {}
         self._regex: dict[tuple[str, str, int], tuple[bool, Any]] = {}
@@ -90,7 +91,7 @@ class Scan:
         """This scan (same needles found) over the facts as an earlier stage saw them."""
         other = Scan.__new__(Scan)
         other.plan, other.view = self.plan, self.view.at(overrides)
-        other.odd_seen = self.odd_seen
+        other.odd_seen, other.log = self.odd_seen, self.log
         other._hits, other._odd, other._regex = self._hits, self._odd, self._regex
         other._found = self._found
         return other
@@ -140,8 +141,14 @@ class Scan:
             return None
         forms = self.plan.cased.get(key, {})
         texts = _texts(self.view.get(key)) or ()
-        return {needle for form in forms.keys() & folded for needle in forms[form]
-                if any(needle in text for text in texts)}
+        found = set()
+        for form in forms.keys() & folded:
+            for needle in forms[form]:
+                for text in texts:  # loops, not any() of a generator: measured cheaper
+                    if needle in text:
+                        found.add(needle)
+                        break
+        return found
 
     def candidates(self, stage: StagePlan) -> int:
         """The rules of ``stage`` that may match, as a bit mask; the others certainly do
@@ -237,7 +244,7 @@ def decider(node: Node, probes: dict[int, Probe]) -> Decider:
         return all_of
     probe = probes.get(id(node))
     if probe is None or probe.exact is None:
-        return lambda scan: bool(scan.leaf(node)[0])
+        return _tested(node, probe)
     where, needle = probe.hits, probe.exact
 
     def contains(scan: Scan) -> bool:
@@ -246,6 +253,36 @@ def decider(node: Node, probes: dict[int, Probe]) -> Decider:
             hits = scan.probe_hits(probe)
         return needle in hits if hits is not None else bool(scan.leaf(node)[0])
     return contains
+
+
+def _tested(cond: Condition, probe: Probe | None) -> Decider:
+    """A leaf the needles found cannot answer alone, as ``Scan.leaf`` answers it: false
+    when none of its needles was found, else its compiled test (``compile_check``), whose
+    answer a regex keeps for the message (the deferred trace must see the same)."""
+    test = compile_check(cond)
+    key = cond.key
+    if cond.op == "matches" and key not in VOLATILE:
+        memo = (key, cond.operand.pattern, cond.operand.flags)
+
+        def run(scan: Scan) -> bool:
+            found = scan._regex.get(memo)
+            if found is None:
+                view = scan.view
+                found = scan._regex[memo] = (test(view, scan.log), view.get(key))
+            return found[0]
+    else:
+        def run(scan: Scan) -> bool:
+            return test(scan.view, scan.log)
+    if probe is None:
+        return run
+    where, texts = probe.hits, probe.texts
+
+    def screened(scan: Scan) -> bool:
+        hits = scan._hits.get(where, _UNSCANNED)
+        if hits is _UNSCANNED:
+            hits = scan.probe_hits(probe)
+        return (hits is None or not hits.isdisjoint(texts)) and run(scan)
+    return screened
 
 
 def _fold(value: Any) -> Any:
