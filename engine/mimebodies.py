@@ -15,7 +15,14 @@ from inscriptis import get_text
 
 from engine.charsets import clean_label, clean_text, codec_name, decode_body
 from engine.headertext import LINE_BREAK, decode_words, header_text, raw_text
-from engine.mimetree import HEAD_PARSER, MAX_DEPTH, MAX_PARTS, STDLIB_FAULTS, body_start, real_type
+from engine.mimetree import (
+    MAX_DEPTH,
+    MAX_PARTS,
+    STDLIB_FAULTS,
+    body_start,
+    parse_head,
+    real_type,
+)
 
 _MAX_HTML_RENDER = 200_000  # inscriptis needs ~1.5 s for 1 MB of HTML, ~5 ms for 20 KB
 
@@ -153,7 +160,7 @@ def part_filename(part: Message, hint: str | None) -> str | None:
 def eml_name(data: bytes, hint: str | None) -> str:
     """A file name for a nested message: its Subject + ".eml"."""
     head = data[: body_start(data)]
-    subjects = [v for n, v in HEAD_PARSER.parsebytes(head).raw_items() if n.lower() == "subject"]
+    subjects = [v for n, v in parse_head(head).raw_items() if n.lower() == "subject"]
     subject = header_text(subjects[0], hint) if subjects else ""
     name = " ".join(_EML_JUNK.sub("_", _FILENAME_JUNK.sub(" ", subject)).split())[:100]
     return (name or "message") + ".eml"

@@ -16,7 +16,7 @@ import pytest
 
 from engine import mime
 from engine.mime import Attachment, ParsedMessage, normalize_message_id, parse_message
-from engine.mimetree import TreeBuilder
+from engine.mimetree import _PLAIN_HEAD, HEAD_PARSER, TreeBuilder, body_start, parse_head
 
 NOW = datetime(2024, 7, 2, 12, 0, tzinfo=UTC)
 FALLBACK_DEFECT = "message could not be parsed"
@@ -681,3 +681,44 @@ def test_fast_path_agrees_with_the_feed_parser(monkeypatch: pytest.MonkeyPatch) 
         slow = parse_message(raw, NOW)
         quick.defects = slow.defects = []
         assert quick == slow
+
+
+# --- the header block read with one regex ------------------------------------------------------
+
+CRAFTED_HEADS = [
+    b"", b"\r\n", b"\n", b"Subject: x\r\n\r\n", b"Subject: x\n\n", b"Subject: x\n",
+    b"Subject: x", b"Subject:\r\n\r\n", b"Subject:   \r\n\r\n", b"Subject:\t x \r\n\r\n",
+    b"Subject: a\r\n b\r\n\tc\r\n\r\n", b"Subject:\r\n folded\r\n\r\n", b"Subject: a\r\n \r\n\r\n",
+    b"Subject: a\r\n\t\r\nTo: b\r\n\r\n", b"Subject: a\r\nTo: b\n\n", b"X-A: 1\r\nX-A: 2\r\n\r\n",
+    b"Subject: caf\xc3\xa9 \xff\r\n\r\n", b"Subject: a:b:c\r\n\r\n", b"X::y\r\n\r\n",
+    b" leading: continuation\r\nSubject: x\r\n\r\n",
+    b"From someone Mon Jan 1\r\nSubject: x\r\n\r\n",
+    b"Subject: x\r\nFrom nobody\r\n\r\n", b":no name\r\nSubject: x\r\n\r\n",
+    b"Subject : spaced\r\n\r\n", b"Subject: bare\rCR\r\n\r\n", b"Subject: x\r\r\n\r\n",
+    b"Subject: x\r\n\r", b"no colon at all\r\n\r\n", b"Subject: x\r\nnot a header\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n", b"Subject: \x00nul\r\n\r\n",
+    b"Subject: x\x0bvt\x0cff\x1cfs\xc2\x85nel\r\n\r\n", b"Subject: x\r\n\xe2\x80\xa8\r\n\r\n",
+    b"\xc3\xa9t\xc3\xa9: 8-bit name\r\n\r\n", b"Subject: x\n\r\n",
+]
+
+
+def _head_blocks() -> list[bytes]:
+    raws = [p.read_bytes() for p in CORPUS] + SAMPLES + _mutations(random.Random(7))
+    return CRAFTED_HEADS + [raw[: body_start(raw)] for raw in raws]
+
+
+def _as_parsed(msg: email.message.Message) -> tuple[object, ...]:
+    return (msg._headers, msg._payload, [type(d) for d in msg.defects], msg._unixfrom,
+            msg.preamble, msg.epilogue, msg.get_default_type(), msg.get_charset())
+
+
+def test_parse_head_gives_the_feed_parsers_message() -> None:
+    """The regex reading of a header block builds the Message the feed parser builds, and
+    leaves every block it does not vouch for (odd line breaks, non-fields) to it."""
+    plain = 0
+    for block in _head_blocks():
+        ours, stdlib = parse_head(block), HEAD_PARSER.parsebytes(block)
+        assert type(ours) is type(stdlib)
+        assert _as_parsed(ours) == _as_parsed(stdlib), block
+        plain += _PLAIN_HEAD.fullmatch(block.decode("ascii", "surrogateescape")) is not None
+    assert plain >= 100  # most blocks took the regex path, not the fallback
