@@ -15,6 +15,7 @@ from engine.mime import ParsedMessage
 from engine.tags import strip_markers
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_MISSING = object()
 
 
 class MessageFacts(Mapping[str, Any]):
@@ -28,6 +29,14 @@ class MessageFacts(Mapping[str, Any]):
         self._by_name: dict[str, str] | None = None  # header name (lower) -> first value
 
     def __getitem__(self, key: str) -> Any:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # not via __getitem__: rules ask for absent headers and tags on every message, and
+        # a KeyError raised and caught costs more than the lookup
         if key in self._values:
             return self._values[key]
         if key in self._lazy:
@@ -41,13 +50,7 @@ class MessageFacts(Mapping[str, Any]):
             found = self._by_name.get(key[7:].lower())
             if found is not None:
                 return found
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
