@@ -46,7 +46,7 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except database.StoreUnavailable as exc:
+        except database.GaveUpWaiting as exc:
             click.echo(f"postdesk: gave up starting: {exc}", err=True)
             sys.exit(75)
 

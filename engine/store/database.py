@@ -176,14 +176,15 @@ def checkpoint_in_background(engine: Engine, every: float = 1.0) -> threading.Ev
     return stop
 
 
-class StoreUnavailable(Exception):
-    """The store stayed unavailable for as long as a start-up would wait."""
+class GaveUpWaiting(Exception):
+    """The store stayed unavailable for as long as a start-up would wait (not the intake's
+    per-delivery ``StoreUnavailable``, which the sender retries)."""
 
 
 def retry_unavailable(call: Callable[[], T], seconds: float, what: str) -> T:
     """``call()``, retried while the store is unavailable (``UNAVAILABLE``) for up to
     ``seconds``, waiting 0.2 s, then twice as long each time up to 5 s; then
-    ``StoreUnavailable`` saying what failed and why. For start-up writes: a store locked by
+    ``GaveUpWaiting`` saying what failed and why. For start-up writes: a store locked by
     a long transaction or still starting delays a service instead of ending it."""
     deadline = time.monotonic() + seconds
     pause = 0.2
@@ -194,7 +195,7 @@ def retry_unavailable(call: Callable[[], T], seconds: float, what: str) -> T:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StoreUnavailable(f"{what}: the store stayed unavailable for "
+                raise GaveUpWaiting(f"{what}: the store stayed unavailable for "
                                        f"{seconds:g} s ({reason})") from exc
             print(f"postdesk: {what}: the store is unavailable ({reason}); retrying for up "
                   f"to {left:.0f} s", file=sys.stderr, flush=True)
