@@ -30,7 +30,7 @@ import ahocorasick_rs
 import regex
 
 from rules.conditions import FactSource, LeafTest, Log, compile_check
-from rules.needles import Needle, may_match, regex_needles, requirement
+from rules.needles import Needle, may_match, regex_literals, requirement
 from rules.scan import decider
 from rules.schema import Combinator, Condition, Node, Rule, RuleSet
 
@@ -49,6 +49,7 @@ class Probe(NamedTuple):
     exact: str | None  # the contains operand: the answer is whether it was found
     fragile: bool
     hits: tuple[str, Any]  # where ``Scan`` keeps the needles found for it
+    also: tuple[frozenset[str], ...]  # a regex's further literal sets, each one needed too
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,8 @@ def _finders(probes: dict[int, Probe]) -> tuple[dict[str, Any], dict[str, Any],
     cased: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     dotted: dict[str, set[str]] = defaultdict(set)
     for probe in probes.values():  # every needle of a tree is some leaf's needle
-        for text in probe.texts:  # a raw text holds a needle only if its folded form does
+        for text in probe.texts.union(*probe.also):  # a raw text holds a needle only if
+            #                                          its folded form does
             words[probe.key].add(text.casefold() if probe.sensitive else text)
             if probe.sensitive:
                 cased[probe.key][text.casefold()].add(text)
@@ -220,16 +222,16 @@ def predicate(node: Node) -> LeafTest:
 
 
 def _screened(cond: Condition, test: LeafTest) -> LeafTest:
-    """A regex test that first looks for the literals every match holds (most texts hold
-    none of them, and a literal search costs a fraction of the regex's)."""
-    needles = regex_needles(cond.operand) if cond.op == "matches" else None
-    if not needles:
+    """A regex test that first looks for the literals every match holds (most texts lack
+    them, and a literal search costs a fraction of the regex's)."""
+    needed = regex_literals(cond.operand) if cond.op == "matches" else None
+    if not needed:
         return test
     key, sensitive = cond.key, not cond.operand.flags & regex.IGNORECASE
 
     def screened(facts: FactSource, log: Log) -> bool:
         value = facts.get(key) if sensitive else facts.folded(key)
-        if type(value) is str and not may_match(needles, sensitive, value):
+        if type(value) is str and not may_match(needed, sensitive, value):
             log.append((cond, facts.get(key), False))
             return False
         return test(facts, log)
@@ -249,9 +251,11 @@ def _probe(cond: Condition) -> Probe | None:
     if not found:
         return None
     first: Needle = next(iter(found))
+    literals = regex_literals(cond.operand) if cond.op == "matches" else None
     return Probe(first.key, first.sensitive, frozenset(n.text for n in found),
                  first.text if cond.op == "contains" else None, first.fragile,
-                 (first.key, "regex" if first.fragile else first.sensitive))
+                 (first.key, "regex" if first.fragile else first.sensitive),
+                 literals[1:] if literals else ())
 
 
 def _cheap_first(node: Node, probes: dict[int, Probe]) -> Node:

@@ -95,18 +95,27 @@ def _leaf_requirement(cond: Condition) -> Requirement:
 DOTTED = ("\u0131", "\u0307")
 
 
-def may_match(needles: frozenset[str], sensitive: bool, text: str) -> bool:
-    """False only when no match of the regex ``needles`` come from (``regex_needles``) can
-    be in ``text`` (case-folded when the regex is insensitive): none of them is in it.
-    An insensitive 'i' also matches 'İ' and 'ı' (``DOTTED``): a text holding either is
+def may_match(needed: tuple[frozenset[str], ...], sensitive: bool, text: str) -> bool:
+    """False only when no match of the regex ``needed`` comes from (``regex_literals``) can
+    be in ``text`` (case-folded when the regex is insensitive): some set has no needle in
+    it. An insensitive 'i' also matches 'İ' and 'ı' (``DOTTED``): a text holding either is
     never screened out."""
     if not sensitive and any(mark in text for mark in DOTTED):
         return True
-    return any(needle in text for needle in needles)
+    return all(any(needle in text for needle in needles) for needles in needed)
 
 
 def regex_needles(pattern: Any) -> frozenset[str] | None:
-    """Literal texts one of which every match of ``pattern`` contains, or None.
+    """Literal texts one of which every match of ``pattern`` contains, or None: the best
+    set of ``regex_literals`` (fewest and longest needles)."""
+    found = regex_literals(pattern)
+    return found[0] if found else None
+
+
+def regex_literals(pattern: Any) -> tuple[frozenset[str], ...] | None:
+    """Every set of literal texts of which each match of ``pattern`` contains one, best
+    first; None when there is none. ``\\bparcel\\W+ship`` gives ({'parcel'}, {'ship'}):
+    a text lacking either cannot match, a screen much finer than one set alone.
 
     Only patterns whose meaning the stdlib parser shares with ``regex`` (V0, no inline
     flags, no fuzzy ``{e<=1}``, POSIX classes or set operations) are read; anything else
@@ -126,16 +135,17 @@ def regex_needles(pattern: Any) -> frozenset[str] | None:
         found = _sequence(list(parsed), not pattern.flags & regex.IGNORECASE)
     except _Unsupported:
         return None
-    return None if found is None else frozenset(found)
+    return tuple(found) or None
 
 
 class _Unsupported(Exception):
     """A construct whose literals we do not read (scoped flags)."""
 
 
-def _sequence(items: list[tuple[Any, Any]], sensitive: bool) -> set[str] | None:
-    """Best needle set of a concatenation: any one element's set will do."""
-    options: list[set[str]] = []
+def _sequence(items: list[tuple[Any, Any]], sensitive: bool) -> list[frozenset[str]]:
+    """A concatenation's needle sets, every one required (each element must match), best
+    first; only sets whose needles are all ``MIN_NEEDLE`` long or longer."""
+    options: list[frozenset[str]] = []
     run = ""
     for op, arg in items:
         name = str(op)
@@ -143,17 +153,15 @@ def _sequence(items: list[tuple[Any, Any]], sensitive: bool) -> set[str] | None:
         if char and (sensitive or char.isascii()):
             run += char if sensitive else char.lower()
             continue
-        options.append({run})
+        options.append(frozenset([run]))
         run = ""
-        inner = _element(name, arg, sensitive)
-        if inner is not None:
-            options.append(inner)
-    options.append({run})
-    usable = [o for o in options if min(map(len, o), default=0) >= MIN_NEEDLE]
-    return min(usable, key=lambda o: (len(o), -min(map(len, o)))) if usable else None
+        options += _element(name, arg, sensitive)
+    options.append(frozenset([run]))
+    usable = dict.fromkeys(o for o in options if min(map(len, o), default=0) >= MIN_NEEDLE)
+    return sorted(usable, key=lambda o: (len(o), -min(map(len, o))))  # stable: ties in order
 
 
-def _element(name: str, arg: Any, sensitive: bool) -> set[str] | None:
+def _element(name: str, arg: Any, sensitive: bool) -> list[frozenset[str]]:
     if name == "SUBPATTERN":
         _group, add_flags, del_flags, sub = arg
         if add_flags or del_flags:
@@ -163,8 +171,8 @@ def _element(name: str, arg: Any, sensitive: bool) -> set[str] | None:
         return _sequence(list(arg), sensitive)
     if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
         low, _high, sub = arg
-        return _sequence(list(sub), sensitive) if low >= 1 else None
-    if name == "BRANCH":
+        return _sequence(list(sub), sensitive) if low >= 1 else []
+    if name == "BRANCH":  # one branch matches: one of each branch's best set
         branches = [_sequence(list(b), sensitive) for b in arg[1]]
-        return None if any(b is None for b in branches) else set().union(*branches)
-    return None  # sets, classes, anchors, lookarounds, backreferences: no literal
+        return [] if not all(branches) else [frozenset().union(*(b[0] for b in branches))]
+    return []  # sets, classes, anchors, lookarounds, backreferences: no literal

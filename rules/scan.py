@@ -191,7 +191,7 @@ class Scan:
             if hits is not None:
                 if probe.exact is not None:
                     return probe.exact in hits, self.view.get(cond.key)
-                if hits.isdisjoint(probe.texts):
+                if not _holds(hits, probe.texts, probe.also):
                     return False, self.view.get(cond.key)
         if cond.op == "matches" and cond.key not in VOLATILE:
             memo = (cond.key, cond.operand.pattern, cond.operand.flags)
@@ -275,14 +275,25 @@ def _tested(cond: Condition, probe: Probe | None) -> Decider:
             return test(scan.view, scan.log)
     if probe is None:
         return run
-    where, texts = probe.hits, probe.texts
+    where, texts, also = probe.hits, probe.texts, probe.also
 
     def screened(scan: Scan) -> bool:
         hits = scan._hits.get(where, _UNSCANNED)
         if hits is _UNSCANNED:
             hits = scan.probe_hits(probe)
-        return (hits is None or not hits.isdisjoint(texts)) and run(scan)
+        return (hits is None or _holds(hits, texts, also)) and run(scan)
     return screened
+
+
+def _holds(hits: AbstractSet[str], texts: frozenset[str],
+           also: tuple[frozenset[str], ...]) -> bool:
+    """Whether the needles found hold one of ``texts`` and one of each set in ``also``."""
+    if hits.isdisjoint(texts):
+        return False
+    for needles in also:  # noqa: SIM110 (hot: usually empty, no generator made)
+        if hits.isdisjoint(needles):
+            return False
+    return True
 
 
 def _fold(value: Any) -> Any:

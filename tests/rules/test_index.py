@@ -25,7 +25,7 @@ import rules.evaluate as evaluation
 from bench.rules import build_corpus, build_ruleset
 from rules.evaluate import Decision, evaluate, evaluate_reference
 from rules.index import _PLANS, plan_for
-from rules.needles import regex_needles
+from rules.needles import regex_literals, regex_needles
 from rules.schema import RuleSet, load_rules
 
 
@@ -258,6 +258,20 @@ def test_regex_needles(pattern: str, needles: set[str] | None) -> None:
     assert (None if found is None else set(found)) == needles
 
 
+@pytest.mark.parametrize(("pattern", "needed"), [
+    (r"\bparcel\W+ship", [{"parcel"}, {"ship"}]),
+    (r"\bship(?:ed|ing)?\b.*\bcable\b", [{"cable"}, {"ship"}]),
+    (r"(?:invoice)+ due", [{"invoice"}, {" due"}]),
+    (r"(tracking\s+id|parcel \d+ lost)", [{"tracking", "parcel "}]),  # one of the branches
+    (r"(?:ab)?refund\s*\d+x", [{"refund"}]),
+    (r"\d+", None),
+])
+def test_regex_literals_every_set_required(pattern: str, needed: list[set[str]] | None) -> None:
+    """A match holds one needle of *each* set, best set first (the index's)."""
+    found = regex_literals(regex.compile(pattern, regex.IGNORECASE))
+    assert (None if found is None else [set(s) for s in found]) == needed
+
+
 def _plain_i(text: str) -> str:
     return text.casefold().replace("\u0131", "i").replace("i\u0307", "i")
 
@@ -266,20 +280,24 @@ def _plain_i(text: str) -> str:
 def test_every_regex_match_contains_a_needle(sensitive: bool) -> None:
     """Soundness, the one property the index relies on, over random patterns and texts."""
     rng = random.Random(7)
-    checked = 0
+    checked = conjunctions = 0
     for _ in range(3000):
         source = "".join(rng.choices(REGEX_PARTS, k=rng.randint(1, 4)))
         pattern = regex.compile(source, 0 if sensitive else regex.IGNORECASE)
-        needles = regex_needles(pattern)
-        if not needles:
+        needed = regex_literals(pattern)
+        if not needed:
             continue
+        assert needed[0] == regex_needles(pattern)
         for _ in range(5):
             text = random_text(rng, 60)
             if pattern.search(text):
                 seen = text if sensitive else _plain_i(text)
-                assert any(n in seen for n in needles), (source, text, needles)
+                for needles in needed:  # every set: a text lacking one is screened out
+                    assert any(n in seen for n in needles), (source, text, needed)
                 checked += 1
+                conjunctions += len(needed) > 1
     assert checked > 200
+    assert conjunctions > 30  # the further sets were exercised, not only the first
 
 
 # --- the deferred trace and the plan cache ----------------------------------------------------
