@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import regex
 
-from rules import regexguard
+from rules import regexsplit
 
 if TYPE_CHECKING:
     from rules.schema import Condition
@@ -111,7 +111,7 @@ def _compile(pattern: Any, sensitive: bool) -> Any:
 
 def _matches(fact: Any, pattern: Any) -> bool:
     try:
-        return regexguard.search(pattern, fact) is not None
+        return regexsplit.found(pattern, fact)
     except TimeoutError:  # a catastrophic pattern fails closed, never hangs
         return False
 

@@ -22,6 +22,7 @@ from typing import Any
 import regex
 
 from rules.conditions import key_for
+from rules.regexguard import QUANTIFIER
 from rules.schema import Combinator, Condition, Node
 
 MIN_NEEDLE = 3  # shorter needles occur in nearly every body and only slow the scan down
@@ -33,7 +34,6 @@ _PLAIN_FLAGS = (regex.IGNORECASE | regex.UNICODE | regex.VERSION0 | regex.MULTIL
                 | regex.DOTALL)
 _PLAIN_INLINE = sre_parse.SRE_FLAG_UNICODE | sre_parse.SRE_FLAG_MULTILINE \
     | sre_parse.SRE_FLAG_DOTALL
-_QUANTIFIER = regex.compile(r"\\.|\{(?:\d+(?:,\d*)?|,\d+)\}")  # escapes, well-formed {m,n}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def regex_literals(pattern: Any) -> tuple[frozenset[str], ...] | None:
     flags, no fuzzy ``{e<=1}``, POSIX classes or set operations) are read; anything else
     gives None, which is always safe. Insensitive needles are ASCII and lower case.
     """
-    if pattern.flags & ~_PLAIN_FLAGS or "{" in _QUANTIFIER.sub("", pattern.pattern):
+    if pattern.flags & ~_PLAIN_FLAGS or "{" in QUANTIFIER.sub("", pattern.pattern):
         return None
     try:
         with warnings.catch_warnings():

@@ -28,10 +28,13 @@ UNBOUNDED = STEP_BUDGET + 1  # a pattern outside the subset, or too many paths t
 
 # Flags that leave the counting valid; any other (verbose, fuzzy, POSIX leftmost-longest,
 # full case-folding, version 1 sets) keeps the timeout.
-_PLAIN_FLAGS = regex.I | regex.M | regex.S | regex.U | regex.A | regex.V0
+PLAIN_FLAGS = regex.I | regex.M | regex.S | regex.U | regex.A | regex.V0
 _CLASS_ESCAPES = frozenset("bBdDwWsSAZ")  # classes and anchors: one step, one path
 _CONTROL_ESCAPES = frozenset("ntrfv")
 _SPECIAL = frozenset("()[]{}|?*+.^$\\")
+# Escapes and well-formed {m,n}: a "{" left after removing these is a construct of the
+# ``regex`` module alone (fuzzy matching, \p{...}), which pattern readers give up on.
+QUANTIFIER = regex.compile(r"\\.|\{(?:\d+(?:,\d*)?|,\d+)\}")  # escapes, well-formed {m,n}
 
 
 def search(pattern: Any, text: str) -> Any:
@@ -52,7 +55,7 @@ def timed(pattern: Any, text: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _cost(pattern: Any) -> int:
     """Matcher steps per character of text (``UNBOUNDED``: no bound)."""
-    if pattern.flags & ~_PLAIN_FLAGS:
+    if pattern.flags & ~PLAIN_FLAGS:
         return UNBOUNDED
     return cost(pattern.pattern)
 
