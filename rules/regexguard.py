@@ -11,8 +11,10 @@ unbounded repetition, no backreferences, lookarounds or inline verbose mode): th
 can match at one position are finite, counted as a backtracking matcher tries them, and so
 is the longest of them (``Shape``). A search then takes at most ``len(text) * paths *
 longest path`` steps; within ``STEP_BUDGET`` it runs without the timeout and gives the
-answer the timed search would (the bound keeps it well under the timeout). Anything else
-keeps the timeout.
+answer the timed search would (the bound keeps it well under the timeout). An unbounded
+repeat of one character (``\\s*``, ``\\d{5,}``) is counted as repeated up to the text's
+length, which bounds it too: ``^\\s*$`` or ``\\b\\d{5,}\\b`` on a subject run untimed
+(``untimed_up_to``), on a body they keep the timeout. Anything else keeps the timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ UNBOUNDED = STEP_BUDGET + 1  # a pattern outside the subset, or too many paths t
 # full case-folding, version 1 sets) keeps the timeout.
 PLAIN_FLAGS = regex.I | regex.M | regex.S | regex.U | regex.A | regex.V0
 _CLASS_ESCAPES = frozenset("bBdDwWsSAZ")  # classes and anchors: one step, one path
+_ANCHOR_ESCAPES = frozenset("bBAZ")  # zero width: repeating them is not counted
 _CONTROL_ESCAPES = frozenset("ntrfv")
 _SPECIAL = frozenset("()[]{}|?*+.^$\\")
 # Escapes and well-formed {m,n}: a "{" left after removing these is a construct of the
@@ -49,22 +52,39 @@ def search(pattern: Any, text: str) -> Any:
 
 def timed(pattern: Any, text: str) -> bool:
     """Whether searching ``text`` needs the timeout: no proof it stays within budget."""
-    return len(text) * _cost(pattern) > STEP_BUDGET
+    return len(text) > untimed_up_to(pattern)
 
 
 @functools.lru_cache(maxsize=4096)
-def _cost(pattern: Any) -> int:
-    """Matcher steps per character of text (``UNBOUNDED``: no bound)."""
+def untimed_up_to(pattern: Any) -> int:
+    """The longest text ``pattern`` searches within ``STEP_BUDGET`` (-1: none): ``length *
+    cost(source, length)`` in budget. That grows with the length, so the longest is found
+    by bisection (a dozen counts, once per pattern)."""
     if pattern.flags & ~PLAIN_FLAGS:
-        return UNBOUNDED
-    return cost(pattern.pattern)
+        return -1
+    source = pattern.pattern
+    fixed = cost(source)
+    if fixed < UNBOUNDED:
+        return STEP_BUDGET // fixed if fixed else STEP_BUDGET
+    low, high = -1, STEP_BUDGET
+    while low < high:
+        middle = (low + high + 1) // 2
+        if max(middle, 1) * cost(source, middle) <= STEP_BUDGET:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
-def cost(source: str) -> int:
+def cost(source: str, length: int | None = None) -> int:
     """The most steps a backtracking search of ``source`` takes from one position of the
     text: its paths times the longest path. ``UNBOUNDED`` past the budget, or when the
-    pattern uses anything outside the plain subset this counts."""
-    found = shape(source)
+    pattern uses anything outside the plain subset this counts.
+
+    With the text's ``length``, an unbounded repeat of one character (``\\s*``, ``\\d{5,}``,
+    ``.+``) counts as repeated up to ``length`` times, as often as it can match there:
+    ``^\\s*$`` on a subject is cheap, ``(a+)+`` (a repeated group) is never counted."""
+    found = shape(source, length)
     return UNBOUNDED if found is None else _capped(found.paths * found.steps)
 
 
@@ -76,10 +96,11 @@ class Shape(NamedTuple):
     steps: int
 
 
-def shape(source: str) -> Shape | None:
-    """The shape of ``source``; None outside the plain subset."""
+def shape(source: str, length: int | None = None) -> Shape | None:
+    """The shape of ``source`` (over a text of ``length``, see ``cost``); None outside the
+    plain subset."""
     try:
-        parser = _Parser(source)
+        parser = _Parser(source, length)
         found = parser.alternation()
         return None if parser.at < len(source) else found  # an unbalanced ')'
     except _Outside:
@@ -96,8 +117,9 @@ _ONE = Shape(1, 1)
 class _Parser:
     """A recursive-descent reader of the plain subset, counting as it goes."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, length: int | None):
         self.source = source
+        self.length = length  # of the text: bounds a one-character item's repeats
         self.at = 0
 
     def peek(self) -> str:
@@ -123,22 +145,24 @@ class _Parser:
         """Each way of one item meets each way of the next: paths multiply, steps add."""
         found = Shape(1, 0)
         while self.peek() not in ("", "|", ")"):
-            item = self.quantified(self.atom())
+            item = self.quantified(*self.atom())
             found = Shape(_capped(found.paths * item.paths),
                           _capped(found.steps + item.steps))
         return found
 
-    def atom(self) -> Shape:
+    def atom(self) -> tuple[Shape, bool]:
+        """The item's shape, and whether it always matches exactly one character."""
         char = self.take()
         if char == "(":
-            return self.group()
+            return self.group(), False
         if char == "[":
             self.char_class()
-        elif char == "\\":
-            self.escape()
-        elif char in _SPECIAL and char not in ".^$":
+            return _ONE, True
+        if char == "\\":
+            return _ONE, self.escape()
+        if char in _SPECIAL and char not in ".^$":
             raise _Outside  # a quantifier with nothing to repeat, '{', ']': not ours
-        return _ONE
+        return _ONE, char not in "^$"
 
     def group(self) -> Shape:
         if self.peek() == "?":
@@ -167,21 +191,25 @@ class _Parser:
             if char == "\\":
                 self.escape()
 
-    def escape(self) -> None:
+    def escape(self) -> bool:
+        """Read an escape; whether it matches one character (not an anchor)."""
         char = self.take()
         if char.isalnum() and char not in _CLASS_ESCAPES and char not in _CONTROL_ESCAPES:
             raise _Outside  # backreferences, \p{..}, \N{..}, \L<..>, \x.., \g<..>, ...
+        return char not in _ANCHOR_ESCAPES
 
-    def quantified(self, item: Shape) -> Shape:
+    def quantified(self, item: Shape, single: bool) -> Shape:
         char = self.peek()
         if char == "?":
             self.at += 1
             low, high = 0, 1
         elif char == "{":
             self.at += 1
-            low, high = self.bounds()
+            low, high = self.bounds(single)
         elif char in ("*", "+"):
-            raise _Outside  # unbounded repetition
+            self.at += 1
+            low = int(char == "+")
+            high = self.unbounded(single, low)
         else:
             return item
         if self.peek() == "?":  # lazy: the same paths, in the other order
@@ -190,15 +218,24 @@ class _Parser:
             raise _Outside
         return Shape(_repeats(item.paths, low, high), _capped(max(high, 1) * item.steps))
 
-    def bounds(self) -> tuple[int, int]:
+    def unbounded(self, single: bool, low: int) -> int:
+        """The most repeats of an unbounded item: as many characters as the text has, for
+        an item of exactly one (a group may match none, or several ways: not counted)."""
+        if not single or self.length is None:
+            raise _Outside
+        return max(self.length, low)
+
+    def bounds(self, single: bool) -> tuple[int, int]:
         end = self.source.find("}", self.at)
         if end < 0:
             raise _Outside
         text, self.at = self.source[self.at:end], end + 1
         low, comma, high = text.partition(",")
-        if not low.isdigit() or (comma and not high.isdigit()) or (high and not comma):
-            raise _Outside  # {m,} is unbounded; {,n} and fuzzy {e<=1} are not counted
+        if not low.isdigit() or (high and not high.isdigit()) or (high and not comma):
+            raise _Outside  # {,n} and fuzzy {e<=1} are not counted
         low_n = int(low)
+        if comma and not high:  # {m,}: unbounded
+            return low_n, self.unbounded(single, low_n)
         high_n = int(high) if comma else low_n
         if high_n < low_n:
             raise _Outside

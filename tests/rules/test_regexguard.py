@@ -7,7 +7,16 @@ import random
 import pytest
 import regex
 
-from rules.regexguard import REGEX_TIMEOUT, STEP_BUDGET, UNBOUNDED, cost, search, shape, timed
+from rules.regexguard import (
+    REGEX_TIMEOUT,
+    STEP_BUDGET,
+    UNBOUNDED,
+    cost,
+    search,
+    shape,
+    timed,
+    untimed_up_to,
+)
 
 BODY = ("Hello team, I need help with the invoice copy, it does not work as expected. "
         "Regarding order number 123456, nothing happened. Kind regards. ") * 20  # ~2.6 KB
@@ -34,7 +43,7 @@ def test_plain_patterns_count_their_paths_and_longest_path(pattern: str, paths: 
 
 
 @pytest.mark.parametrize("pattern", [
-    "(a+)+$", "(a|aa)+$", "(a|a)+b", r"\d{5,}", "a*", ".*", r"\w+",  # unbounded
+    "(a+)+$", "(a|aa)+$", "(a|a)+b", "(?:ab)*", r"\b*", "(?:a?)*",  # unbounded groups
     "(?:a?){40}a{40}", "(a|a){40}", "(?:a|b|c|d){20}",  # finite, but past the budget
     "(?:a{1000}){1001}", "a{0,1000}a{0,1000}",  # one path or few, but long ones
     r"(a)\1", r"(?P<x>a)(?P=x)", r"\g<1>",  # backreferences
@@ -48,6 +57,21 @@ def test_anything_else_keeps_the_timeout(pattern: str) -> None:
     compiled = _compile(pattern)
     if compiled is not None:
         assert timed(compiled, "a")
+
+
+@pytest.mark.parametrize(("pattern", "longest"), [
+    (r"\b\d{5,}\b", 100), (r"^\s*$", 99), (".*", 99), (r"\w+", 100), ("a*a*a*b", 12),
+    (r"^(?:re|fwd?):\s*invoice", 65), (r"\binvoice\b.*\border\b", 94),
+])
+def test_one_character_repeats_are_counted_over_the_texts_length(pattern: str,
+                                                                 longest: int) -> None:
+    """``\\s*`` repeats at most once per character of the text: a subject is searched
+    untimed, a body is not. Without a length the repeat stays uncounted."""
+    compiled = regex.compile(pattern)
+    assert cost(pattern) == UNBOUNDED
+    assert untimed_up_to(compiled) == longest
+    assert not timed(compiled, "x" * longest) and timed(compiled, "x" * (longest + 1))
+    assert timed(compiled, BODY)
 
 
 def test_keyword_patterns_search_a_body_untimed_and_long_texts_timed() -> None:
@@ -76,14 +100,16 @@ def test_the_guarded_search_answers_as_the_timed_one() -> None:
 
 @pytest.mark.parametrize("pattern", ["(?:a?){9}b", "(?:a|a)(?:a|a)(?:a|a)(?:a|a)(?:a|a)b",
                                      "a{0,40}a{0,40}b", "(?:a{1,3}){3}b", "(?:a{100}){50}b",
-                                     "a{0,999}b"])
+                                     "a{0,999}b", "a*a*a*b", "a*?a*?a*?a*?b", ".*.*.*b",
+                                     "a+a{2,}[a-z]*b", r"\w*\w*(?:a|\w)\w*b",
+                                     "(?:a|a)a*a*b"])
 def test_a_hostile_text_at_the_untimed_limit_finishes_within_the_timeout(pattern: str) -> None:
     """The worst plain patterns, on the longest text they search untimed, made of what
     makes them backtrack: the same search under the timeout finishes (no TimeoutError),
     so skipping the timeout cannot change an answer."""
     compiled = regex.compile(pattern)
-    assert cost(pattern) < UNBOUNDED
-    longest = STEP_BUDGET // cost(pattern)
+    longest = untimed_up_to(compiled)
+    assert longest > 0
     text = "a" * longest
     assert not timed(compiled, text) and timed(compiled, text + "a")
     assert compiled.search(text, timeout=REGEX_TIMEOUT) is None
