@@ -43,6 +43,7 @@ from engine.store.prepared import (
     select_rows,
 )
 from engine.threads import ThreadBatch
+from engine.wire import compact
 from rules.evaluate import Decision
 
 _MESSAGES = Message.__table__
@@ -52,6 +53,7 @@ _GET_MESSAGE = select(_MESSAGES).where(_MESSAGES.c.id == bindparam("pk"))
 _UPDATE_MESSAGE = _MESSAGES.update().where(_MESSAGES.c.id == bindparam("pk"))
 
 
+@compact("received_at")  # crosses the pipe to the writer process with every delivery
 @dataclass(frozen=True)
 class Envelope:
     """What the transport knows about a delivery besides the bytes."""

@@ -43,8 +43,10 @@ from engine.mimebodies import (
     sort_leaves,
 )
 from engine.mimetree import TreeBuilder, body_start, real_type
+from engine.wire import compact
 
 
+@compact()
 @dataclass(frozen=True, slots=True)
 class Address:
     """One mailbox from an address header, decoded (RFC 2047) and lower-cased address."""
@@ -53,6 +55,7 @@ class Address:
     addr: str
 
 
+@compact()
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """A non-body MIME part: attachment, inline image or nested message/rfc822."""
@@ -64,6 +67,7 @@ class Attachment:
     data: bytes
 
 
+@compact("date")  # crosses the pipe to the writer process with every delivery
 @dataclass(slots=True)
 class ParsedMessage:
     """What the pipeline needs to know about one mail; built by ``parse_message``."""
