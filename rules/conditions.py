@@ -106,7 +106,7 @@ def _fold(value: Any, sensitive: bool) -> Any:
 
 
 def _compile(pattern: Any, sensitive: bool) -> Any:
-    return regex.compile(str(pattern), 0 if sensitive else regex.IGNORECASE)
+    return regexsplit.warmed(regex.compile(str(pattern), 0 if sensitive else regex.IGNORECASE))
 
 
 def _matches(fact: Any, pattern: Any) -> bool:

@@ -35,6 +35,14 @@ _ZERO_WIDTH = ("\\b", "\\B", "\\A", "^")
 _QUANTIFIERS = frozenset("*+?{")
 
 
+def warmed(pattern: Any) -> Any:
+    """``pattern``, with what searching it needs worked out now (its branches, each one's
+    untimed limit: ``regexguard.untimed_up_to``), when the rules load, not on a message."""
+    for part in (pattern, *(branches(pattern) or ())):
+        regexguard.untimed_up_to(part)
+    return pattern
+
+
 def found(pattern: Any, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text``: ``regexguard.search`` is not None.
 
