@@ -100,6 +100,7 @@ class Decision:
         self.trace = build()
         self.__dict__.pop("_build_trace", None)
         self.__dict__.pop("_build_matched", None)
+        self.__dict__.pop("_build_matched_done", None)
         return self.trace
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,10 +117,14 @@ class Decision:
 
     def matched_traces(self) -> list[RuleTrace]:
         """The rules that matched, in evaluation order, each with its conditions; cheap
-        even when the full trace is deferred."""
+        even when the full trace is deferred, and built once (the intake asks twice: the
+        stored summary, then the rules' hit counts)."""
         if "trace" in self.__dict__:
             return [t for t in self.trace if t.matched]
-        return self.__dict__["_build_matched"]()
+        built = self.__dict__.get("_build_matched_done")
+        if built is None:
+            built = self.__dict__["_build_matched_done"] = self.__dict__["_build_matched"]()
+        return built
 
     def matched_rules(self) -> list[str]:
         return [t.rule for t in self.matched_traces()]

@@ -343,6 +343,17 @@ def test_deferred_trace_equals_copies_and_pickles(path: str, tmp_path: Path) -> 
                                                                 "small-and-urgent"]
 
 
+def test_the_matched_rules_are_traced_once(path: str, tmp_path: Path) -> None:
+    """The intake reads them twice (the stored summary, then the hit counts): at 1,000
+    rules tracing them costs as much as deciding, so it is done once."""
+    decision = evaluate(small_ruleset(tmp_path), FACTS)
+    first = decision.matched_traces()
+    assert decision.matched_traces() is first
+    assert decision.matched_rules() == ["billing", "ack-billing", "docs"]
+    assert [t["rule"] for t in decision.to_json()["trace"]] == decision.matched_rules()
+    assert pickle.loads(pickle.dumps(decision)) == decision
+
+
 def test_trace_shows_the_facts_as_they_were_evaluated(path: str, tmp_path: Path) -> None:
     """Read later, the trace still shows the values tested, not the caller's later edits."""
     ruleset = small_ruleset(tmp_path)
