@@ -46,13 +46,16 @@ def warmed(pattern: Any) -> Any:
 def found(pattern: Any, text: str) -> bool:
     """Whether ``pattern`` matches somewhere in ``text``: ``regexguard.search`` is not None.
 
-    Raises ``TimeoutError`` as that does.
+    Raises ``TimeoutError`` as that does. The branches are searched instead only when each
+    provably needs no timeout on this text (``regexguard.timed``): a branch that did could
+    time out where the whole pattern finds a match first, and each would get its own time
+    limit. Where the whole search would run out of time, a match a branch finds still counts.
     """
     if len(text) >= SPLIT_FROM:
         parts = branches(pattern)
-        if parts is not None:
+        if parts is not None and not any(regexguard.timed(part, text) for part in parts):
             for part in parts:  # noqa: SIM110 (a loop: no generator per search)
-                if regexguard.search(part, text) is not None:
+                if part.search(text) is not None:
                     return True
             return False
     return regexguard.search(pattern, text) is not None

@@ -8,6 +8,7 @@ import pytest
 import regex
 
 from rules.regexguard import (
+    CAPTURE_STEPS,
     REGEX_TIMEOUT,
     STEP_BUDGET,
     UNBOUNDED,
@@ -24,6 +25,8 @@ BODY = ("Hello team, I need help with the invoice copy, it does not work as expe
 
 @pytest.mark.parametrize(("pattern", "paths", "steps"), [
     ("refund", 1, 6),
+    (r"\b(refund|charge ?back)\b", 3, 13 + CAPTURE_STEPS),  # a capture costs its spans
+    ("(a){20}", 1, 20 * (1 + CAPTURE_STEPS)),
     (r"\brefunds?\b", 2, 9),
     (r"\b(?:sample|feedback)\b", 2, 10),
     (r"^(?:re|fwd?):\s?invoice", 6, 13),
@@ -102,7 +105,11 @@ def test_the_guarded_search_answers_as_the_timed_one() -> None:
                                      "a{0,40}a{0,40}b", "(?:a{1,3}){3}b", "(?:a{100}){50}b",
                                      "a{0,999}b", "a*a*a*b", "a*?a*?a*?a*?b", ".*.*.*b",
                                      "a+a{2,}[a-z]*b", r"\w*\w*(?:a|\w)\w*b",
-                                     "(?:a|a)a*a*b"])
+                                     "(?:a|a)a*a*b",
+                                     # capturing groups: the matcher records each span
+                                     "(a){20}b", r"(\w)(\w)(\w)(\w)(\w)(\w)(\w)(\w)\B\b",
+                                     "(" * 64 + r"\w" + ")" * 64 + r"\B\b",
+                                     "(?:" + "(" * 32 + "a" + ")" * 32 + "){20}b"])
 def test_a_hostile_text_at_the_untimed_limit_finishes_within_the_timeout(pattern: str) -> None:
     """The worst plain patterns, on the longest text they search untimed, made of what
     makes them backtrack: the same search under the timeout finishes (no TimeoutError),

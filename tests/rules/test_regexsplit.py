@@ -8,6 +8,7 @@ import random
 import pytest
 import regex
 
+from rules import regexguard
 from rules.regexsplit import SPLIT_FROM, branches, found
 
 
@@ -101,3 +102,19 @@ def test_a_catastrophic_branch_still_times_out() -> None:
     assert branches(hostile) is not None
     with pytest.raises(TimeoutError):
         found(hostile, "a" * 5000 + "!")
+
+
+def test_branches_that_would_need_the_timeout_are_not_searched_apart() -> None:
+    """A branch searched alone could run out of time where the whole pattern finds a match
+    first, and each branch would get a time limit of its own: such a pattern is searched
+    whole, with the whole pattern's answer (found by an adversarial review)."""
+    pattern = regex.compile(r"\b(?:abc|def)(?:x|xx)+!")
+    assert branches(pattern) is not None
+    text = "defxx! abc" + "x" * 60 + "." + " " * 40  # the abc branch alone backtracks long
+    assert found(pattern, text) is True
+    many = regex.compile(r"\b(?:aa|ab|ac|ad|ae|af|ag|ah)(?:x|xx)+!")
+    hostile = " ".join(k + "x" * 25 + "." for k in ("aa", "ab", "ac", "ad", "ae", "af", "ag", "ah"))
+    with pytest.raises(TimeoutError):  # as the whole pattern does, once, not per branch
+        regexguard.search(many, hostile)
+    with pytest.raises(TimeoutError):
+        found(many, hostile)
