@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import regex
 
 REGEX_TIMEOUT = 0.05  # seconds per search: a catastrophic pattern fails closed, never hangs
-STEP_BUDGET = 1_000_000  # matcher steps a search may take untimed (10-20 ms here)
+STEP_BUDGET = 1_000_000  # matcher steps a search may take untimed (8-14 ms, worst cases here)
 # What entering and leaving a capturing group costs the matcher, in steps: it records the
 # group's span each time, measured at ~2.5 times a character's step (``(\w)`` 8 times over:
 # 558 ns a position, ``(?:\w)`` 166 ns), counted as 4 for a margin. A group that captures
