@@ -5,7 +5,8 @@ Every delivery crosses a pipe pickled: its envelope and, parsed in the gateway, 
 state dict per object), and an aware datetime through its tzinfo's own reduce: ~24 us to
 pickle a 1 KB message's parse result and ~19 us to load it, here, on both sides of the
 busiest path. ``compact`` gives a dataclass a reduce that passes its fields in order, UTC
-and naive datetimes as ISO text (exact both ways): ~6 us each way.
+and naive datetimes as ISO text (exact both ways): a whole 1 KB delivery (envelope, bytes
+and parse result) then pickles in ~22 us instead of ~36 and loads in ~16 instead of ~24.
 """
 
 from __future__ import annotations
@@ -41,13 +42,11 @@ def compact(*dates: str) -> Callable[[type[T]], type[T]]:
 
 
 def _restore(cls: type[T], at: tuple[int, ...], values: tuple[Any, ...]) -> T:
-    if at:
-        items = list(values)
-        for i in at:
-            if isinstance(items[i], str):
-                items[i] = datetime.fromisoformat(items[i])
-        values = tuple(items)
-    return cls(*values)
+    items = list(values)
+    for i in at:
+        if isinstance(items[i], str):  # else a datetime in another zone, pickled as it is
+            items[i] = datetime.fromisoformat(items[i])
+    return cls(*items)
 
 
 def _as_text(value: Any) -> Any:

@@ -14,6 +14,7 @@ regex gives needles from the literal runs every match must contain (``regex_need
 
 from __future__ import annotations
 
+import functools
 import re._parser as sre_parse  # the stdlib's own parser: literal runs, branches, repeats
 import warnings
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ def regex_needles(pattern: Any) -> frozenset[str] | None:
     return found[0] if found else None
 
 
+@functools.lru_cache(maxsize=4096)  # asked per condition by the index, screens and probes
 def regex_literals(pattern: Any) -> tuple[frozenset[str], ...] | None:
     """Every set of literal texts of which each match of ``pattern`` contains one, best
     first; None when there is none. ``\\bparcel\\W+ship`` gives ({'parcel'}, {'ship'}):

@@ -88,18 +88,20 @@ def _split(source: str) -> list[str] | None:
     top, groups = scanned
     if top:
         return _cut(source, 0, len(source), top)
-    for group in groups:
-        prefix = source[:group.opening]
-        if _strip_zero_width(prefix):
-            return None  # a literal comes first: the module already scans for it
-        if "^" in prefix or "\\A" in prefix:
-            return None  # anchored: one search tries one place (or each line's start)
-        if (group.bars and group.splittable
-                and source[group.closing + 1:group.closing + 2] not in _QUANTIFIERS):
-            head, tail = source[:group.start], source[group.closing:]
-            return [head + branch + tail
-                    for branch in _cut(source, group.start, group.closing, group.bars)]
-    return None
+    if not groups:
+        return None
+    group = groups[0]  # only the first: before any later one stands a whole group
+    prefix = source[:group.opening]
+    if _strip_zero_width(prefix):
+        return None  # a literal comes first: the module already scans for it
+    if "^" in prefix or "\\A" in prefix:
+        return None  # anchored: one search tries one place (or each line's start)
+    if (not group.bars or not group.splittable
+            or source[group.closing + 1:group.closing + 2] in _QUANTIFIERS):
+        return None
+    head, tail = source[:group.start], source[group.closing:]
+    return [head + branch + tail
+            for branch in _cut(source, group.start, group.closing, group.bars)]
 
 
 def _cut(source: str, start: int, end: int, bars: list[int]) -> list[str]:

@@ -20,7 +20,6 @@ import yaml
 
 from rules.conditions import OPERATORS, all_key_names, coerce_operand, key_for
 from rules.params import ParamReaders
-from rules.regexsplit import warmed
 
 SUPPORTED_VERSIONS = (1,)
 # Rule types in the order they are evaluated (Oracle Email Center's processing order).
@@ -269,8 +268,8 @@ class _Reader(ParamReaders):
             pattern = self.regex(spec["regex"], f"{path}.regex", sensitive=False)
         else:
             label = regex.escape(str(self.scalar(spec["label"], f"{path}.label")))
-            pattern = warmed(regex.compile(
-                rf"(?mi)^[ \t]*{label}[ \t]*:[ \t]*(?P<value>.+?)[ \t]*$"))
+            pattern = OPERATORS["matches"].prepare(  # the inline (?i) ignores case
+                rf"(?mi)^[ \t]*{label}[ \t]*:[ \t]*(?P<value>.+?)[ \t]*$", True)
         if name and pattern is not None:
             self.parsers.append(ParserDef(name, str(source), pattern))
 
@@ -450,7 +449,7 @@ class _Reader(ParamReaders):
     def regex(self, node: yaml.Node, path: str, sensitive: bool) -> Any:
         pattern = self.scalar(node, path)
         try:
-            return warmed(regex.compile(str(pattern), 0 if sensitive else regex.IGNORECASE))
+            return OPERATORS["matches"].prepare(str(pattern), sensitive)  # as rules match
         except regex.error as exc:
             self.fail(node, path, f"invalid regular expression: {exc}")
             return None

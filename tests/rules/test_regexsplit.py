@@ -95,7 +95,8 @@ def test_split_searches_answer_as_the_whole_pattern(flags: int) -> None:
 
 
 def test_a_catastrophic_branch_still_times_out() -> None:
-    """Each branch is searched under ``regexguard``: a hostile one fails as before."""
+    """A pattern with a hostile branch fails closed as before: that branch needs the
+    timeout, so the whole pattern is searched under it."""
     pattern = regex.compile(r"(?:(a+)+b|zzz)")
     assert branches(pattern) is None  # a group inside a branch is fine, a literal start not
     hostile = regex.compile(r"\b(?:aaaa(a+)+b|zzzz)")
